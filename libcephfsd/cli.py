@@ -1,0 +1,102 @@
+"""``libcephfsd`` command line: parse options, run the server until a signal."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+
+from . import __version__
+from .protocol import DATA_CEILING, DEFAULT_MAX_DATA
+
+DEFAULT_SOCKET = "/run/libcephfsd.sock"
+
+log = logging.getLogger("libcephfsd")
+
+
+def _mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an octal mode: {text!r}") from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"mode out of range: {text!r}")
+    return mode
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    suffix = t[-1:] if t[-1:] in units and t[-1:] else ""
+    try:
+        value = int(t[: len(t) - len(suffix)]) * units[suffix]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4M)") from None
+    if not 64 << 10 <= value <= DATA_CEILING:
+        raise argparse.ArgumentTypeError(f"must be between 64K and {DATA_CEILING >> 20}M")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="libcephfsd",
+        description="Serve CephFS to many local processes through one shared libcephfs. "
+                    "Clients (the libcephfs_proxy library) connect over a unix socket; "
+                    "those with the same configuration and credentials share one mount, "
+                    "and each runs with the uid/gid the kernel reports for it.")
+    parser.add_argument(
+        "--socket", metavar="PATH",
+        default=os.environ.get("LIBCEPHFSD_SOCKET") or DEFAULT_SOCKET,
+        help="unix socket to listen on (default: $LIBCEPHFSD_SOCKET, else %(default)s "
+             "when unset)")
+    parser.add_argument("--socket-mode", metavar="MODE", type=_mode, default=0o660,
+                        help="permissions of the socket file, octal (default: 0660)")
+    parser.add_argument("--log-level", default="info",
+                        choices=("debug", "info", "warning", "error"),
+                        help="log verbosity on stderr (default: info)")
+    parser.add_argument("--max-io-size", metavar="SIZE", type=_size, default=DEFAULT_MAX_DATA,
+                        help="largest read or write carried by one request; clients split "
+                             "larger ones (default: %d MiB)" % (DEFAULT_MAX_DATA >> 20))
+    parser.add_argument("--shutdown-timeout", metavar="SECONDS", type=float, default=30.0,
+                        help="on SIGTERM/SIGINT, how long calls in progress may take to "
+                             "finish before mounts are unmounted anyway (default: 30)")
+    parser.add_argument("--version", action="version", version=f"libcephfsd {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s[%(threadName)s]: %(message)s")
+    # Imported here so that --help works without Ceph installed.
+    from .server import DaemonRunning, Server
+
+    private_dir = tempfile.mkdtemp(prefix="libcephfsd-")
+    try:
+        try:
+            server = Server(args.socket, socket_mode=args.socket_mode, max_data=args.max_io_size,
+                            private_dir=private_dir, shutdown_timeout=args.shutdown_timeout)
+            server.bind()
+        except DaemonRunning as exc:
+            log.error("not starting: %s", exc)
+            return 1
+        except OSError as exc:
+            log.error("cannot listen on %s: %s", args.socket, exc)
+            return 1
+
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("received %s", signal.Signals(signum).name)
+            server.stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        log.info("libcephfsd %s ready on %s (pid %d, libcephfs %s)", __version__, args.socket,
+                 os.getpid(), ".".join(map(str, server.backend.version)))
+        server.serve_forever()
+        return 0
+    finally:
+        shutil.rmtree(private_dir, ignore_errors=True)

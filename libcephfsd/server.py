@@ -1,0 +1,261 @@
+"""The listening socket, one thread per client connection, and shutdown.
+
+Threading model: the main thread accepts; each connection gets one thread
+that reads a request, calls libcephfs itself and writes the reply.  No hand-off
+on the request path (every thread hop costs tens of microseconds here), and a
+slow call (an MDS round trip, a big write) blocks only its own client, since
+the binding releases the GIL inside libcephfs.  Requests of one connection
+are answered in order.
+
+Shutdown (SIGTERM/SIGINT): close the listening socket, shut down the reading
+side of every connection so each thread finishes the call it is in, answers
+it, and sees end-of-stream; every session then closes its files and
+directories and drops its mount; remaining mounts are unmounted; the socket
+file is removed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import socket
+import stat
+import threading
+import time
+from typing import Any
+
+from . import __version__
+from .backend import CephBackend
+from .mounts import MountRegistry
+from .peer import peer_of
+from .protocol import DEFAULT_MAX_DATA, Event, EventKind, FrameError, Reply, RequestError
+from .session import Session
+from .transport import ConnectionClosed, SocketTransport
+
+log = logging.getLogger(__name__)
+
+#: Stack per connection thread.  Python frames live on the heap; libcephfs
+#: calls are shallow.  Only touched pages cost memory, but this bounds the
+#: address space of thousands of threads.
+THREAD_STACK = 512 << 10
+
+
+class DaemonRunning(Exception):
+    """Another daemon already answers on the socket path."""
+
+
+class Server:
+    """A libcephfsd instance: its socket, its sessions, its mounts."""
+
+    def __init__(self, socket_path: str, *, socket_mode: int = 0o660,
+                 max_data: int = DEFAULT_MAX_DATA, private_dir: str,
+                 shutdown_timeout: float = 30.0, backend: CephBackend | None = None):
+        self.socket_path = socket_path
+        self.socket_mode = socket_mode
+        self.max_data = max_data
+        self.shutdown_timeout = shutdown_timeout
+        self.private_dir = private_dir
+        self.backend = backend or CephBackend()
+        self.mounts = MountRegistry()
+        self.uid = os.getuid()
+        self.version = __version__
+        self.started = time.time()
+        self._listener: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._connections: dict[int, _Connection] = {}
+        self._next_session = 1
+        self._stopping = threading.Event()
+        # stop() may run in a signal handler: it only writes a byte here,
+        # which wakes the accept loop's select().
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def __repr__(self) -> str:
+        return (f"<Server {self.socket_path} sessions={len(self._connections)} "
+                f"{self.mounts!r}{' stopping' if self._stopping.is_set() else ''}>")
+
+    # -- socket -------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Create the listening socket, replacing a stale one, refusing a live one."""
+        path = self.socket_path
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise DaemonRunning(f"{path} exists and is not a socket; not touching it")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            probe.settimeout(2)
+            try:
+                probe.connect(path)
+            except (ConnectionRefusedError, FileNotFoundError):
+                log.info("removing stale socket %s", path)
+                os.unlink(path)
+            except OSError as exc:
+                raise DaemonRunning(f"cannot tell whether a daemon owns {path}: {exc}") from exc
+            else:
+                raise DaemonRunning(f"a daemon already answers on {path}")
+            finally:
+                probe.close()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Nobody may connect before the mode is right: bind with a tight umask.
+        old = os.umask(0o177)
+        try:
+            listener.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, self.socket_mode)
+        listener.listen(socket.SOMAXCONN)
+        listener.setblocking(False)
+        self._listener = listener
+        log.info("listening on %s (mode %04o)", path, self.socket_mode)
+
+    def serve_forever(self) -> None:
+        """Accept connections until :meth:`stop`; then drain and clean up."""
+        assert self._listener is not None, "bind() first"
+        threading.stack_size(THREAD_STACK)
+        try:
+            while not self._stopping.is_set():
+                readable, _, _ = select.select([self._listener, self._wake_r], [], [])
+                if self._wake_r in readable:
+                    break
+                try:
+                    sock, _ = self._listener.accept()
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        log.error("accept failed, out of resources (%s); retrying in 100 ms", exc)
+                        time.sleep(0.1)
+                        continue
+                    raise
+                sock.setblocking(True)
+                self._start_connection(sock)
+        finally:
+            self._drain()
+
+    def stop(self) -> None:
+        """Stop accepting; serve_forever() then drains.  Safe from a signal handler."""
+        self._stopping.set()
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    def _start_connection(self, sock: socket.socket) -> None:
+        try:
+            peer = peer_of(sock)
+        except OSError as exc:
+            log.warning("dropping a connection whose credentials cannot be read: %s", exc)
+            sock.close()
+            return
+        with self._lock:
+            sid = self._next_session
+            self._next_session += 1
+            conn = _Connection(self, sock, Session(self, sid, peer))
+            self._connections[sid] = conn
+        try:
+            conn.thread.start()
+        except RuntimeError as exc:  # can't start a new thread
+            log.error("cannot start a thread for %r: %s", conn.session, exc)
+            with self._lock:
+                del self._connections[sid]
+            sock.close()
+
+    def _forget(self, conn: _Connection) -> None:
+        with self._lock:
+            self._connections.pop(conn.session.id, None)
+
+    def _drain(self) -> None:
+        log.info("shutting down: no new connections; waiting for calls in progress")
+        if self._listener is not None:
+            self._listener.close()
+        with self._lock:
+            conns = list(self._connections.values())
+        for conn in conns:
+            conn.stop_reading()
+        deadline = time.monotonic() + self.shutdown_timeout
+        for conn in conns:
+            conn.thread.join(max(0.0, deadline - time.monotonic()))
+            if conn.thread.is_alive():
+                log.warning("%r still busy after %.0fs; unmounting under it",
+                            conn.session, self.shutdown_timeout)
+        self.mounts.unmount_all()
+        try:
+            os.unlink(self.socket_path)
+        except FileNotFoundError:
+            pass
+        log.info("shut down")
+
+    # -- introspection ------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Sessions, mounts and open-handle counts (the STATUS admin request)."""
+        with self._lock:
+            sessions = [c.session.describe() for c in self._connections.values()]
+        mounts = self.mounts.snapshot()
+        return {
+            "server": f"libcephfsd {__version__}", "pid": os.getpid(),
+            "uptime": time.time() - self.started,
+            "sessions": sessions, "mounts": mounts,
+            "totals": {"sessions": len(sessions), "mounts": len(mounts),
+                       "open_files": sum(s["open_files"] for s in sessions),
+                       "open_dirs": sum(s["open_dirs"] for s in sessions)},
+        }
+
+
+class _Connection:
+    """One client connection: its socket, its session, its thread."""
+
+    def __init__(self, server: Server, sock: socket.socket, session: Session):
+        self.server = server
+        self.session = session
+        self.transport = SocketTransport(sock, max_data_in=0, max_data_out=server.max_data)
+        session.transport = self.transport
+        self.thread = threading.Thread(target=self._run, name=f"session-{session.id}",
+                                       daemon=True)
+
+    def stop_reading(self) -> None:
+        try:
+            self.transport.sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+
+    def _run(self) -> None:
+        session, transport = self.session, self.transport
+        log.debug("%r connected", session)
+        reason = "closed by client"
+        try:
+            while True:
+                try:
+                    request = transport.receive()
+                except RequestError as exc:
+                    transport.send(Reply(exc.request_id, exc.errno, str(exc)))
+                    continue
+                transport.send(session.handle(request))
+        except ConnectionClosed as exc:
+            if not exc.clean:
+                reason = "closed by client mid-frame"
+        except FrameError as exc:
+            reason = f"protocol error: {exc}"
+            log.warning("%r: %s; closing the connection", session, exc)
+            try:
+                transport.send(Event(EventKind.GOODBYE, [exc.errno, str(exc)]))
+            except OSError:
+                pass
+        except OSError as exc:
+            reason = f"socket error: {exc}"
+        except Exception:
+            reason = "internal error"
+            log.exception("%r: unexpected error; closing the connection", session)
+        finally:
+            try:
+                session.close()
+            except Exception:
+                log.exception("%r: cleanup failed", session)
+            transport.close()
+            self.server._forget(self)
+            log.debug("%r gone: %s", session, reason)

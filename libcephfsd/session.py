@@ -1,0 +1,664 @@
+"""One client's session: its configuration, its mount, its virtual state.
+
+A session belongs to one connection and is only touched by that
+connection's thread (``describe()`` excepted, which reads counters).  Its
+state is virtual: the cwd, the umask, the open files and directories are the
+session's own, so sharing a real mount never lets one client's ``chdir``,
+``umask`` or handles affect another.  Paths are resolved against the
+session's cwd before they reach libcephfs; fds and directory handles are
+checked against the session's own tables.
+"""
+
+from __future__ import annotations
+
+import calendar
+import errno
+import logging
+import stat as stat_mod
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from . import protocol
+from .mounts import ConfigError, MountConfig, SharedMount
+from .peer import Peer
+from .protocol import ErrorSource, Op, Reply, Request, RequestError, ServerHello
+
+if TYPE_CHECKING:
+    from .server import Server
+    from .transport import SocketTransport
+
+log = logging.getLogger(__name__)
+
+#: Symlinks followed while resolving a chdir target, as the kernel's MAXSYMLINKS.
+MAX_SYMLINKS = 40
+#: libcephfs's initial umask, which each session starts from.
+DEFAULT_UMASK = 0o022
+
+
+class SessionError(Exception):
+    """The daemon refuses a request of this session (not libcephfs)."""
+
+    def __init__(self, err: int, message: str):
+        super().__init__(message)
+        self.errno = err
+
+
+class WithData:
+    """A handler result that carries bulk bytes in the reply's data section."""
+
+    __slots__ = ("result", "data")
+
+    def __init__(self, result: Any, data: bytes | bytearray):
+        self.result = result
+        self.data = data
+
+
+class _Timestamp(float):
+    """Seconds since the epoch, for the binding's setattrx, which calls ``.timestamp()``.
+
+    Avoids a round trip through naive datetimes and the daemon's time zone.
+    """
+
+    def timestamp(self) -> float:
+        return float(self)
+
+
+def _seconds(dt: Any) -> int:
+    # The binding builds naive datetimes with fromtimestamp(tv_sec) in the
+    # daemon's zone, which the backend pins to UTC: timegm inverts it exactly.
+    return calendar.timegm(dt.timetuple())
+
+
+def _stat_list(st: Any) -> list:
+    return [st.st_dev, st.st_ino, st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev,
+            st.st_size, st.st_blksize, st.st_blocks,
+            _seconds(st.st_atime), _seconds(st.st_mtime), _seconds(st.st_ctime)]
+
+
+def _stx_in(stx: dict) -> dict:
+    return {k: (_Timestamp(v) if k in protocol.STX_TIME_FIELDS else v) for k, v in stx.items()}
+
+
+class Session:
+    """See the module docstring.  ``handle()`` never raises for a bad request."""
+
+    def __init__(self, server: Server, sid: int, peer: Peer):
+        self.server = server
+        self.id = sid
+        self.peer = peer
+        self.transport: SocketTransport | None = None
+        self.connected_at = time.time()
+        self.greeted = False
+        self.config: MountConfig | None = None
+        #: (auth_id, steps) to rebuild the configuration after an unmount, as
+        #: the binding allows mounting again.
+        self._recipe_after_unmount: tuple | None = None
+        self.initialized = False
+        self.mount: SharedMount | None = None
+        self.cwd = b"/"
+        self.umask = DEFAULT_UMASK
+        self.files: set[int] = set()
+        self.dirs: dict[int, Any] = {}
+        self._next_dir = 1
+        self.calls = 0
+
+    def __repr__(self) -> str:
+        return (f"<Session #{self.id} {self.peer} {self.state} files={len(self.files)} "
+                f"dirs={len(self.dirs)}>")
+
+    @property
+    def state(self) -> str:
+        if self.mount is not None:
+            return "mounted"
+        if self.initialized:
+            return "initialized"
+        if self.config is not None or self._recipe_after_unmount is not None:
+            return "configuring"
+        return "connected" if self.greeted else "new"
+
+    def describe(self) -> dict:
+        mount = self.mount
+        return {"id": self.id, "pid": self.peer.pid, "uid": self.peer.uid, "gid": self.peer.gid,
+                "state": self.state, "mount": mount.id if mount else None,
+                "cwd": self.cwd.decode(errors="replace"), "open_files": len(self.files),
+                "open_dirs": len(self.dirs), "calls": self.calls,
+                "connected_at": self.connected_at}
+
+    # -- dispatch -----------------------------------------------------------
+
+    def handle(self, request: Request) -> Reply:
+        self.calls += 1
+        rid = request.id
+        try:
+            if not self.greeted:
+                if request.op != Op.HELLO:
+                    raise RequestError("handshake required: the first request must be HELLO",
+                                       errno.EPROTO)
+                return Reply(rid, 0, self._hello(request.args))
+            if request.op == Op.HELLO:
+                raise RequestError("HELLO was already done on this connection", errno.EPROTO)
+            op, args = protocol.check_args(request.op, request.args)
+            handler = _HANDLERS[op]
+            if op in _TAKES_DATA:
+                result = handler(self, request.data, *args)
+            else:
+                result = handler(self, *args)
+            if type(result) is WithData:
+                return Reply(rid, 0, result.result, result.data)
+            return Reply(rid, 0, result)
+        except (RequestError, SessionError, ConfigError) as exc:
+            return Reply(rid, exc.errno, [str(exc), ErrorSource.DAEMON])
+        except Exception as exc:
+            known = self.server.backend.error_of(exc)
+            if known is not None:
+                return Reply(rid, known[0], [known[1], ErrorSource.CEPHFS])
+            if isinstance(exc, (TypeError, ValueError, OverflowError, KeyError)):
+                return Reply(rid, errno.EINVAL, [f"invalid argument: {exc}", ErrorSource.DAEMON])
+            log.exception("%r: %s failed unexpectedly", self, _op_name(request.op))
+            return Reply(rid, errno.EIO, [f"libcephfsd internal error: {exc!r}",
+                                          ErrorSource.DAEMON])
+
+    def _hello(self, args: list) -> dict:
+        features = protocol.check_hello(args)
+        self.greeted = True
+        if self.transport is not None:
+            # Until now the client could send no data section at all.
+            self.transport.max_data_in = self.server.max_data
+        return ServerHello(protocol.PROTOCOL_VERSION, features, protocol.MAX_BODY,
+                           self.server.max_data, self.id, f"libcephfsd {self.server.version}",
+                           self.server.backend.version).to_wire()
+
+    # -- helpers --------------------------------------------------------------
+
+    def _fs(self) -> Any:
+        mount = self.mount
+        if mount is None:
+            raise SessionError(errno.ENOTCONN, f"not mounted (session is {self.state})")
+        return mount.fs
+
+    def _path(self, path: bytes) -> bytes:
+        if path[:1] == b"/":
+            return path
+        return (self.cwd if self.cwd != b"/" else b"") + b"/" + path
+
+    def _fd(self, fd: int) -> int:
+        if fd not in self.files:
+            raise SessionError(errno.EBADF, f"fd {fd} is not open in this session")
+        return fd
+
+    def _dir(self, handle: int) -> Any:
+        try:
+            return self.dirs[handle]
+        except KeyError:
+            raise SessionError(errno.EBADF, f"directory handle {handle} is not open "
+                               "in this session") from None
+
+    def _config(self) -> MountConfig:
+        if self.config is None:
+            if self._recipe_after_unmount is None:
+                raise SessionError(errno.ENOTCONN, "no configuration yet: send CREATE first")
+            auth_id, steps = self._recipe_after_unmount
+            self.config = MountConfig.replay(self.server.backend, auth_id, steps,
+                                             self.server.private_dir)
+            self._recipe_after_unmount = None
+        return self.config
+
+    def _configuring(self) -> MountConfig:
+        if self.mount is not None:
+            raise SessionError(errno.EISCONN, "already mounted: the configuration of a "
+                               "mounted session cannot change")
+        return self._config()
+
+    def _release(self) -> None:
+        """Close this session's files and directories and drop its mount."""
+        mount, self.mount = self.mount, None
+        if mount is None:
+            return
+        fs = mount.fs
+        for fd in list(self.files):
+            try:
+                fs.close(fd)
+            except Exception as exc:
+                log.warning("%r: closing fd %d failed: %s", self, fd, exc)
+        self.files.clear()
+        for handle in list(self.dirs.values()):
+            try:
+                fs.closedir(handle)
+            except Exception as exc:
+                log.warning("%r: closing a directory failed: %s", self, exc)
+        self.dirs.clear()
+        self.cwd = b"/"
+        self.server.mounts.release(mount)
+
+    def close(self) -> None:
+        """The connection is gone: release everything."""
+        self._release()
+        if self.config is not None:
+            self.config.discard()
+            self.config = None
+
+    # -- connection and status ---------------------------------------------------
+
+    def op_ping(self) -> None:
+        return None
+
+    def op_status(self) -> dict:
+        if self.peer.uid not in (0, self.server.uid):
+            raise SessionError(errno.EPERM, "STATUS is for root and the daemon's own user")
+        return self.server.status()
+
+    # -- configuration and mount ---------------------------------------------
+
+    def op_create(self, auth_id: str | None) -> None:
+        if self.mount is not None:
+            raise SessionError(errno.EISCONN, "already mounted: unmount before CREATE")
+        if self.config is not None:
+            self.config.discard()
+        self._recipe_after_unmount = None
+        self.initialized = False
+        self.config = MountConfig(self.server.backend, auth_id, self.server.private_dir)
+
+    def op_conf_read_file(self, name: str, content: bytes) -> None:
+        self._configuring().read_file(content)
+
+    def op_conf_set(self, option: bytes, value: bytes) -> None:
+        if self.mount is not None:
+            # A shared mount's configuration belongs to all its sessions:
+            # only a no-op set (the value it already has) is accepted.
+            current = self.mount.fs.conf_get(option)
+            if current is not None and current.encode() == value:
+                return
+            raise SessionError(errno.EPERM, "the configuration of a mounted (shared) "
+                               "libcephfs instance cannot change")
+        self._config().set(option, value)
+
+    def op_conf_get(self, option: bytes) -> str | None:
+        if self.mount is not None:
+            return self.mount.fs.conf_get(option)
+        return self._config().get(option)
+
+    def op_conf_parse_argv(self, argv: list[bytes]) -> None:
+        self._configuring().parse_argv(argv)
+
+    def op_set_mount_timeout(self, timeout: int) -> None:
+        self._configuring().set_mount_timeout(timeout)
+
+    def op_set_session_timeout(self, timeout: int) -> None:
+        self._configuring().set_session_timeout(timeout)
+
+    def op_set_uuid(self, uuid: bytes) -> None:
+        self._configuring().set_uuid(uuid)
+
+    def op_init(self) -> None:
+        config = self._configuring()
+        if self.initialized:
+            raise SessionError(errno.EISCONN, "already initialized")
+        config.initialize(self.peer)
+        self.initialized = True
+
+    def op_mount(self, root: bytes | None, fs_name: bytes | None) -> None:
+        config = self._configuring()
+        self.mount = self.server.mounts.acquire(config, self.peer, root, fs_name)
+        self.config = None
+        self.initialized = True
+        self.cwd = b"/"
+
+    def op_unmount(self) -> None:
+        self._fs()
+        mount = self.mount
+        assert mount is not None
+        self._release()
+        self._recipe_after_unmount = (mount.auth_id, mount.recipe)
+        self.initialized = True
+
+    def op_abort_conn(self) -> None:
+        # Aborting the real mount's MDS sessions would hit every session
+        # sharing it: this session just leaves it, without waiting.
+        self.op_unmount()
+
+    # -- per-session state -----------------------------------------------------
+
+    def op_chdir(self, path: bytes) -> None:
+        fs = self._fs()
+        target = self._resolve(fs, self._path(path))
+        if not stat_mod.S_ISDIR(fs.stat(target).st_mode):
+            raise SessionError(errno.ENOTDIR, f"chdir: {target.decode(errors='replace')} "
+                               "is not a directory")
+        self.cwd = target
+
+    def _resolve(self, fs: Any, path: bytes) -> bytes:
+        """*path* (absolute) with every symlink and '..' resolved, as a walk would.
+
+        The session's cwd is kept resolved so that ``cwd + '/' + rel`` names
+        what the real cwd would, and getcwd() answers what libcephfs would.
+        """
+        pending = [c for c in reversed(path.split(b"/")) if c]
+        resolved: list[bytes] = []
+        links = 0
+        while pending:
+            part = pending.pop()
+            if part == b".":
+                continue
+            if part == b"..":
+                if resolved:
+                    resolved.pop()
+                continue
+            candidate = b"/" + b"/".join(resolved + [part])
+            st = fs.stat(candidate, follow_symlink=False)
+            if stat_mod.S_ISLNK(st.st_mode):
+                links += 1
+                if links > MAX_SYMLINKS:
+                    raise SessionError(errno.ELOOP, "chdir: too many levels of symbolic links")
+                target = fs.readlink(candidate, protocol.PATH_MAX)
+                if target[:1] == b"/":
+                    resolved = []
+                pending.extend(c for c in reversed(target.split(b"/")) if c)
+            else:
+                resolved.append(part)
+        return b"/" + b"/".join(resolved)
+
+    def op_getcwd(self) -> bytes:
+        self._fs()
+        return self.cwd
+
+    def op_umask(self, mode: int) -> int:
+        # libcephfs stores its umask but does not apply it to open, mkdir or
+        # mknod (it only feeds POSIX ACL inheritance), so the session's own
+        # value is returned and never pushed to the shared mount.
+        self._fs()
+        old, self.umask = self.umask, mode & 0o7777
+        return old
+
+    # -- metadata by path ----------------------------------------------------------
+
+    def op_stat(self, path: bytes, follow: bool) -> list:
+        return _stat_list(self._fs().stat(self._path(path), follow_symlink=follow))
+
+    def op_statx(self, path: bytes, mask: int, flag: int) -> dict:
+        result = self._fs().statx(self._path(path), mask, flag)
+        for key in ("atime", "mtime", "ctime", "btime"):
+            if key in result:
+                result[key] = _seconds(result[key])
+        return result
+
+    def op_setattrx(self, path: bytes, stx: dict, mask: int, flags: int) -> None:
+        self._fs().setattrx(self._path(path), _stx_in(stx), mask, flags)
+
+    def op_chmod(self, path: bytes, mode: int) -> None:
+        self._fs().chmod(self._path(path), mode)
+
+    def op_lchmod(self, path: bytes, mode: int) -> None:
+        self._fs().lchmod(self._path(path), mode)
+
+    def op_chown(self, path: bytes, uid: int, gid: int, follow: bool) -> None:
+        self._fs().chown(self._path(path), uid, gid, follow_symlink=follow)
+
+    def op_utime(self, path: bytes, times: tuple | None) -> None:
+        if times is not None and not all(type(t) is int for t in times):
+            raise SessionError(errno.EINVAL, "UTIME times must be integers")
+        self._fs().utime(self._path(path), times)
+
+    def op_utimes(self, path: bytes, times: tuple | None, follow: bool) -> None:
+        self._fs().utimes(self._path(path), times, follow_symlink=follow)
+
+    def op_statfs(self, path: bytes) -> dict:
+        return self._fs().statfs(self._path(path))
+
+    # -- namespace -------------------------------------------------------------------
+
+    def op_mkdir(self, path: bytes, mode: int) -> None:
+        self._fs().mkdir(self._path(path), mode)
+
+    def op_mkdirs(self, path: bytes, mode: int) -> None:
+        self._fs().mkdirs(self._path(path), mode)
+
+    def op_rmdir(self, path: bytes) -> None:
+        self._fs().rmdir(self._path(path))
+
+    def op_unlink(self, path: bytes) -> None:
+        self._fs().unlink(self._path(path))
+
+    def op_rename(self, src: bytes, dst: bytes) -> None:
+        self._fs().rename(self._path(src), self._path(dst))
+
+    def op_link(self, existing: bytes, newname: bytes) -> None:
+        self._fs().link(self._path(existing), self._path(newname))
+
+    def op_symlink(self, target: bytes, newname: bytes) -> None:
+        # The target is stored as given: it is resolved when the link is followed.
+        self._fs().symlink(target, self._path(newname))
+
+    def op_readlink(self, path: bytes, size: int) -> bytes:
+        return self._fs().readlink(self._path(path), min(size, protocol.PATH_MAX))
+
+    def op_mknod(self, path: bytes, mode: int, rdev: int) -> None:
+        self._fs().mknod(self._path(path), mode, rdev)
+
+    # -- open files --------------------------------------------------------------------
+
+    def op_open(self, path: bytes, flags: int, mode: int) -> int:
+        fd = self._fs().open(self._path(path), flags, mode)
+        self.files.add(fd)
+        return fd
+
+    def op_close(self, fd: int) -> None:
+        fs = self._fs()
+        self._fd(fd)
+        # The fd is gone after close() whatever it returns, as with close(2).
+        self.files.discard(fd)
+        fs.close(fd)
+
+    def op_read(self, fd: int, offset: int, length: int) -> WithData:
+        self._check_io_size(length)
+        data = self._fs().read(self._fd(fd), offset, length)
+        return WithData(len(data), data)
+
+    def op_write(self, data: bytes | bytearray, fd: int, offset: int) -> int:
+        fs = self._fs()
+        if type(data) is not bytes:  # the binding takes bytes only
+            data = bytes(data)
+        return fs.write(self._fd(fd), data, offset)
+
+    def op_preadv(self, fd: int, lengths: list[int], offset: int) -> WithData:
+        self._check_io_size(sum(lengths))
+        buffers = [bytearray(n) for n in lengths]
+        n = self._fs().preadv(self._fd(fd), buffers, offset)
+        return WithData(n, b"".join(buffers)[:n])
+
+    def op_pwritev(self, data: bytes | bytearray, fd: int, lengths: list[int],
+                   offset: int) -> int:
+        if sum(lengths) != len(data):
+            raise SessionError(errno.EINVAL, f"PWRITEV lengths add up to {sum(lengths)} "
+                               f"but the data section has {len(data)} bytes")
+        view = memoryview(data)
+        buffers, pos = [], 0
+        for n in lengths:
+            buffers.append(bytes(view[pos:pos + n]))
+            pos += n
+        return self._fs().pwritev(self._fd(fd), buffers, offset)
+
+    def _check_io_size(self, length: int) -> None:
+        if length > self.server.max_data:
+            raise SessionError(errno.EINVAL, f"I/O of {length} bytes exceeds max_data "
+                               f"{self.server.max_data}: split it")
+
+    def op_lseek(self, fd: int, offset: int, whence: int) -> int:
+        return self._fs().lseek(self._fd(fd), offset, whence)
+
+    def op_fsync(self, fd: int, syncdataonly: int) -> None:
+        self._fs().fsync(self._fd(fd), syncdataonly)
+
+    def op_fstat(self, fd: int) -> list:
+        return _stat_list(self._fs().fstat(self._fd(fd)))
+
+    def op_fsetattrx(self, fd: int, stx: dict, mask: int) -> None:
+        self._fs().fsetattrx(self._fd(fd), _stx_in(stx), mask)
+
+    def op_fchmod(self, fd: int, mode: int) -> None:
+        self._fs().fchmod(self._fd(fd), mode)
+
+    def op_fchown(self, fd: int, uid: int, gid: int) -> None:
+        self._fs().fchown(self._fd(fd), uid, gid)
+
+    def op_futime(self, fd: int, times: tuple | None) -> None:
+        if times is not None and not all(type(t) is int for t in times):
+            raise SessionError(errno.EINVAL, "FUTIME times must be integers")
+        self._fs().futime(self._fd(fd), times)
+
+    def op_futimes(self, fd: int, times: tuple | None) -> None:
+        self._fs().futimes(self._fd(fd), times)
+
+    def op_futimens(self, fd: int, times: tuple | None) -> None:
+        self._fs().futimens(self._fd(fd), times)
+
+    def op_fallocate(self, fd: int, offset: int, length: int, mode: int) -> None:
+        self._fs().fallocate(self._fd(fd), offset, length, mode)
+
+    def op_flock(self, fd: int, operation: int, owner: int) -> int:
+        return self._fs().flock(self._fd(fd), operation, owner)
+
+    def op_lazyio(self, fd: int, enable: int) -> None:
+        self._fs().lazyio(self._fd(fd), enable)
+
+    def op_lazyio_propagate(self, fd: int, offset: int, count: int) -> None:
+        self._fs().lazyio_propagate(self._fd(fd), offset, count)
+
+    def op_lazyio_synchronize(self, fd: int, offset: int, count: int) -> None:
+        self._fs().lazyio_synchronize(self._fd(fd), offset, count)
+
+    # -- directories ---------------------------------------------------------------------
+
+    def op_opendir(self, path: bytes) -> list:
+        fs = self._fs()
+        handle = fs.opendir(self._path(path))
+        hid = self._next_dir
+        self._next_dir += 1
+        self.dirs[hid] = handle
+        return [hid, fs.telldir(handle)]
+
+    def op_readdir(self, hid: int, max_entries: int) -> list:
+        fs, handle = self._fs(), self._dir(hid)
+        entries = []
+        for _ in range(max(1, min(max_entries, protocol.READDIR_MAX_BATCH))):
+            entry = fs.readdir(handle)
+            if entry is None:
+                return [entries, True]
+            # Each entry carries the position after it, so the client can
+            # answer telldir() for entries it has buffered.
+            entries.append([entry.d_ino, entry.d_off, entry.d_reclen, entry.d_type,
+                            entry.d_name, fs.telldir(handle)])
+        return [entries, False]
+
+    def op_closedir(self, hid: int) -> None:
+        fs, handle = self._fs(), self._dir(hid)
+        del self.dirs[hid]
+        fs.closedir(handle)
+
+    def op_rewinddir(self, hid: int) -> int:
+        fs, handle = self._fs(), self._dir(hid)
+        fs.rewinddir(handle)
+        return fs.telldir(handle)
+
+    def op_telldir(self, hid: int) -> int:
+        fs, handle = self._fs(), self._dir(hid)
+        return fs.telldir(handle)
+
+    def op_seekdir(self, hid: int, offset: int) -> None:
+        fs, handle = self._fs(), self._dir(hid)
+        fs.seekdir(handle, offset)
+
+    # -- extended attributes -------------------------------------------------------------
+
+    def op_getxattr(self, path: bytes, name: bytes, size: int, follow: bool) -> bytes:
+        return self._fs().getxattr(self._path(path), name, min(size, protocol.MAX_XATTR),
+                                   follow_symlink=follow)
+
+    def op_fgetxattr(self, fd: int, name: bytes, size: int) -> bytes:
+        return self._fs().fgetxattr(self._fd(fd), name, min(size, protocol.MAX_XATTR))
+
+    def op_setxattr(self, path: bytes, name: bytes, value: bytes, flags: int,
+                    follow: bool) -> None:
+        self._fs().setxattr(self._path(path), name, value, flags, follow_symlink=follow)
+
+    def op_fsetxattr(self, fd: int, name: bytes, value: bytes, flags: int) -> None:
+        self._fs().fsetxattr(self._fd(fd), name, value, flags)
+
+    def op_listxattr(self, path: bytes, size: int, follow: bool) -> list:
+        return list(self._fs().listxattr(self._path(path), min(size, protocol.MAX_XATTR),
+                                         follow_symlink=follow))
+
+    def op_flistxattr(self, fd: int, size: int) -> list:
+        return list(self._fs().flistxattr(self._fd(fd), min(size, protocol.MAX_XATTR)))
+
+    def op_removexattr(self, path: bytes, name: bytes, follow: bool) -> None:
+        self._fs().removexattr(self._path(path), name, follow_symlink=follow)
+
+    def op_fremovexattr(self, fd: int, name: bytes) -> None:
+        self._fs().fremovexattr(self._fd(fd), name)
+
+    # -- layout, pools, snapshots, cluster ---------------------------------------------
+
+    def op_get_layout(self, fd: int) -> dict:
+        return self._fs().get_layout(self._fd(fd))
+
+    def op_get_file_replication(self, fd: int) -> int:
+        return self._fs().get_file_replication(self._fd(fd))
+
+    def op_get_path_replication(self, path: bytes) -> int:
+        return self._fs().get_path_replication(self._path(path))
+
+    def op_get_pool_id(self, name: bytes) -> int:
+        return self._fs().get_pool_id(name)
+
+    def op_get_pool_replication(self, pool_id: int) -> int:
+        return self._fs().get_pool_replication(pool_id)
+
+    def op_get_default_pool(self) -> dict:
+        return self._fs().get_default_pool()
+
+    def op_mksnap(self, path: bytes, name: bytes, mode: int, metadata: dict) -> int:
+        return self._fs().mksnap(self._path(path), name, mode, metadata)
+
+    def op_rmsnap(self, path: bytes, name: bytes) -> int:
+        return self._fs().rmsnap(self._path(path), name)
+
+    def op_snap_info(self, path: bytes) -> dict:
+        return self._fs().snap_info(self._path(path))
+
+    def op_sync_fs(self) -> None:
+        self._fs().sync_fs()
+
+    def op_get_fscid(self) -> int:
+        return self._fs().get_fscid()
+
+    def op_get_instance_id(self) -> int:
+        if self.mount is None and self.initialized and self.config is not None:
+            return self.config.fs.get_instance_id()
+        return self._fs().get_instance_id()
+
+    def op_get_addrs(self) -> str:
+        return self._fs().get_addrs()
+
+    def op_get_cap_return_timeout(self) -> int:
+        return self._fs().get_cap_return_timeout()
+
+    def op_mds_command(self, mds_spec: bytes, command: bytes, input_data: bytes) -> list:
+        return list(self._fs().mds_command(mds_spec, command, input_data))
+
+    def op_debug_get_fd_caps(self, fd: int) -> int:
+        return self._fs().debug_get_fd_caps(self._fd(fd))
+
+    def op_debug_get_file_caps(self, path: bytes) -> int:
+        return self._fs().debug_get_file_caps(self._path(path))
+
+
+def _op_name(op: int) -> str:
+    try:
+        return Op(op).name
+    except ValueError:
+        return f"op {op}"
+
+
+_HANDLERS: dict[Op, Callable[..., Any]] = {
+    op: getattr(Session, f"op_{op.name.lower()}") for op in Op if op is not Op.HELLO}
+_TAKES_DATA = frozenset({Op.WRITE, Op.PWRITEV})

@@ -1,0 +1,118 @@
+"""Moving frames over a stream socket: the one transport both sides use.
+
+Blocking sockets.  Kept apart from the protocol module so that stays pure,
+and shared so the daemon and the client library frame identically.  Each
+connection holds only a small read-ahead buffer; a large data section is
+received straight into a buffer of its own size.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from .protocol import HEADER_SIZE, Message, decode_body, encode, parse_header
+
+#: Read-ahead per connection.  Small on purpose: a daemon holds thousands.
+READ_AHEAD = 16 << 10
+
+
+class ConnectionClosed(Exception):
+    """The peer closed the stream (``clean`` is False when it did so mid-frame)."""
+
+    def __init__(self, clean: bool):
+        super().__init__("connection closed" + ("" if clean else " in the middle of a frame"))
+        self.clean = clean
+
+
+class SocketTransport:
+    """Frames over a connected stream socket.
+
+    ``receive`` and ``send`` may run in different threads, each in one thread
+    at a time.  ``max_data_in`` bounds what the peer may send us (raise it
+    after the handshake); ``max_data_out`` what we may send.
+    """
+
+    __slots__ = ("sock", "max_data_in", "max_data_out", "_buf", "_view", "_start", "_end")
+
+    def __init__(self, sock: socket.socket, max_data_in: int, max_data_out: int):
+        self.sock = sock
+        self.max_data_in = max_data_in
+        self.max_data_out = max_data_out
+        self._buf = bytearray(READ_AHEAD)
+        self._view = memoryview(self._buf)
+        self._start = self._end = 0
+
+    def __repr__(self) -> str:
+        return f"<SocketTransport fd={self.sock.fileno()} buffered={self._end - self._start}>"
+
+    def receive(self) -> Message:
+        """The next message.  Raises ConnectionClosed, FrameError, RequestError, OSError."""
+        if self._start == self._end:
+            self._fill(1, clean_eof=True)
+        header = self._read(HEADER_SIZE)
+        body_len, data_len = parse_header(header, self.max_data_in)
+        body = self._read(body_len)
+        data = self._read(data_len) if data_len else b""
+        return decode_body(body, data)
+
+    def send(self, message: Message) -> None:
+        send_buffers(self.sock, encode(message, self.max_data_out))
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        finally:
+            self._view.release()
+
+    def _fill(self, need: int, clean_eof: bool = False) -> None:
+        """Read until at least *need* (<= READ_AHEAD) bytes are buffered."""
+        if self._start + need > READ_AHEAD:
+            # Not enough room behind the buffered bytes: move them to the front.
+            pending = self._end - self._start
+            self._buf[:pending] = self._buf[self._start:self._end]
+            self._start, self._end = 0, pending
+        while self._end - self._start < need:
+            n = self.sock.recv_into(self._view[self._end:])
+            if n == 0:
+                raise ConnectionClosed(clean_eof and self._end == self._start)
+            self._end += n
+
+    def _read(self, n: int) -> bytes | bytearray:
+        available = self._end - self._start
+        if n <= READ_AHEAD:
+            if available < n:
+                self._fill(n)
+            out = bytes(self._view[self._start:self._start + n])
+            self._start += n
+            return out
+        # Large data section: one buffer of the exact size, filled in place.
+        out = bytearray(n)
+        out[:available] = self._view[self._start:self._end]
+        self._start = self._end = 0
+        view = memoryview(out)
+        got = available
+        while got < n:
+            k = self.sock.recv_into(view[got:], n - got, socket.MSG_WAITALL)
+            if k == 0:
+                raise ConnectionClosed(False)
+            got += k
+        return out
+
+
+def send_buffers(sock: socket.socket, buffers: list) -> None:
+    """Send every byte of *buffers* (a gather list), however the kernel splits it."""
+    remaining = sum(len(b) for b in buffers)
+    sent = sock.sendmsg(buffers)
+    while sent < remaining:
+        remaining -= sent
+        # The socket buffer filled: resume mid-list without copying.
+        views = []
+        for buf in buffers:
+            n = len(buf)
+            if sent >= n:
+                sent -= n
+                continue
+            views.append(memoryview(buf)[sent:] if sent else buf)
+            sent = 0
+        buffers = views
+        sent = sock.sendmsg(buffers)
