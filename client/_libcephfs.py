@@ -215,6 +215,8 @@ def _read_conf_file(conffile: bytes | None) -> tuple[str, bytes]:
 class LibCephFS:
     """libcephfs python wrapper, served by libcephfsd."""
 
+    #: "uninitialized", "configuring", "initialized", "mounted" or "shutdown".
+    state = "uninitialized"
     NO_CONF_FILE = -1
     "special value that indicates no conffile should be read when creating a mount handle"
     DEFAULT_CONF_FILES = -2

@@ -50,7 +50,7 @@ class CephBackend:
     def __repr__(self) -> str:
         return f"<CephBackend libcephfs {'.'.join(map(str, self.version))}>"
 
-    def new_instance(self, auth_id: str | None) -> Any:
+    def new_instance(self, auth_id: bytes | None) -> Any:
         """An unmounted libcephfs instance in state 'configuring', reading no config file."""
         return cephfs.LibCephFS(auth_id=auth_id)
 

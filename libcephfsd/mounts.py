@@ -71,9 +71,11 @@ class MountConfig:
     replayed after an unmount.  Only its session's thread touches it.
     """
 
-    def __init__(self, backend: CephBackend, auth_id: str | None, private_dir: str):
+    def __init__(self, backend: CephBackend, auth_id: bytes | None, private_dir: str,
+                 peer: Peer):
         self._backend = backend
         self._private_dir = private_dir
+        self.peer = peer
         self.auth_id = auth_id
         self.fs: Any = backend.new_instance(auth_id)
         self.steps: list[tuple] = []
@@ -84,9 +86,9 @@ class MountConfig:
                 f"{' initialized' if self.initialized else ''}>")
 
     @classmethod
-    def replay(cls, backend: CephBackend, auth_id: str | None, steps: list[tuple],
-               private_dir: str) -> MountConfig:
-        config = cls(backend, auth_id, private_dir)
+    def replay(cls, backend: CephBackend, auth_id: bytes | None, steps: list[tuple],
+               private_dir: str, peer: Peer) -> MountConfig:
+        config = cls(backend, auth_id, private_dir, peer)
         for step in steps:
             getattr(config, step[0])(*step[1:])
         return config
@@ -106,7 +108,10 @@ class MountConfig:
     def set(self, option: bytes, value: bytes) -> None:
         name = normalize_option(option.decode(errors="replace"))
         if name in GUARDED:
-            raise ConfigError(errno.EPERM, f"option {name!r} is set by libcephfsd, not by clients")
+            forced = forced_options(self.peer, self._backend.defaults, self._private_dir)[name]
+            if _canonical(value.decode(errors="replace")) != _canonical(forced):
+                raise ConfigError(errno.EPERM, f"option {name!r} is set by libcephfsd "
+                                  f"(to {forced!r} for this client), not by clients")
         self.fs.conf_set(option, value)
         self.steps.append(("set", option, value))
 
@@ -137,19 +142,21 @@ class MountConfig:
         self.fs.set_uuid(uuid)
         self.steps.append(("set_uuid", uuid))
 
-    def key(self, peer: Peer, root: bytes | None, fs_name: bytes | None) -> str:
+    def key(self, root: bytes | None, fs_name: bytes | None) -> str:
         """What two sessions must have in common to share a mount."""
         h = hashlib.sha256()
+        peer = self.peer
         for part in (self.auth_id, *self.steps, root or b"/", fs_name or b"",
                      peer.uid, peer.gid, peer.groups):
             h.update(repr(part).encode())
         return h.hexdigest()
 
-    def initialize(self, peer: Peer) -> None:
-        """Impose the daemon's options, resolve keys as *peer*, connect (ceph_init)."""
+    def initialize(self) -> None:
+        """Impose the daemon's options, resolve keys as the peer, connect (ceph_init)."""
         private_files: list[str] = []
         try:
-            sanitize(self.fs, peer, self._backend.defaults, self._private_dir, private_files)
+            sanitize(self.fs, self.peer, self._backend.defaults, self._private_dir,
+                     private_files)
             self.fs.init()
         finally:
             # libcephfs has read the private key copies during init().
@@ -165,6 +172,12 @@ class MountConfig:
             self._backend.destroy(fs)
         except Exception:
             log.exception("discarding %r failed", self)
+
+
+def _canonical(value: str) -> str:
+    value = value.strip().lower()
+    return {"1": "true", "yes": "true", "on": "true",
+            "0": "false", "no": "false", "off": "false"}.get(value, value)
 
 
 def forced_options(peer: Peer, defaults: dict[str, str], private_dir: str) -> dict[str, str]:
@@ -220,7 +233,7 @@ class SharedMount:
 
     id: int
     key: str
-    auth_id: str | None
+    auth_id: bytes | None
     fs_name: str | None
     root: str
     uid: int
@@ -233,11 +246,15 @@ class SharedMount:
     ready: threading.Event = field(default_factory=threading.Event)
 
     def __repr__(self) -> str:
-        return (f"<SharedMount #{self.id} {self.auth_id or 'admin'}@{self.fs_name or 'default'}:"
+        return (f"<SharedMount #{self.id} {self.entity}@{self.fs_name or 'default'}:"
                 f"{self.root} uid={self.uid} gid={self.gid} refs={self.refs}>")
 
+    @property
+    def entity(self) -> str:
+        return "client." + (self.auth_id.decode(errors="replace") if self.auth_id else "admin")
+
     def describe(self) -> dict:
-        return {"id": self.id, "auth_id": self.auth_id, "fs_name": self.fs_name,
+        return {"id": self.id, "entity": self.entity, "fs_name": self.fs_name,
                 "root": self.root, "uid": self.uid, "gid": self.gid, "refs": self.refs,
                 "mounted_at": self.mounted_at}
 
@@ -253,14 +270,15 @@ class MountRegistry:
     def __repr__(self) -> str:
         return f"<MountRegistry mounts={len(self._mounts)}>"
 
-    def acquire(self, config: MountConfig, peer: Peer, root: bytes | None,
+    def acquire(self, config: MountConfig, root: bytes | None,
                 fs_name: bytes | None) -> SharedMount:
         """A mounted SharedMount for this configuration, with one more reference.
 
         Takes over *config*'s instance (mounting it) or discards it (sharing an
         existing mount).  Raises the binding's error or ConfigError.
         """
-        key = config.key(peer, root, fs_name)
+        key = config.key(root, fs_name)
+        peer = config.peer
         while True:
             with self._lock:
                 mount = self._mounts.get(key)
@@ -282,7 +300,7 @@ class MountRegistry:
             mount.ready.wait()
         try:
             if not config.initialized:
-                config.initialize(peer)
+                config.initialize()
             config.fs.mount(mount_root=root, filesystem_name=fs_name)
         except BaseException:
             with self._lock:

@@ -572,7 +572,7 @@ BYTESS, UINTS = _list_of(_bytes), _list_of(_uint)
 
 #: op -> kinds of its arguments.  Ops not listed take no arguments.
 ARGS: dict[Op, tuple[Callable[[Any], Any], ...]] = {
-    Op.CREATE: (OSTR,),                       # auth_id
+    Op.CREATE: (OBYTES,),                     # auth_id
     Op.CONF_READ_FILE: (STR, BYTES),          # the client's path (for messages), content
     Op.CONF_SET: (BYTES, BYTES),              # option, value
     Op.CONF_GET: (BYTES,),

@@ -36,11 +36,17 @@ DEFAULT_UMASK = 0o022
 
 
 class SessionError(Exception):
-    """The daemon refuses a request of this session (not libcephfs)."""
+    """The daemon refuses a request of this session.
 
-    def __init__(self, err: int, message: str):
+    ``source`` is CEPHFS when the daemon answers for libcephfs what libcephfs
+    itself would have answered (an fd it never handed out, chdir to a file),
+    so that clients word it as the binding does.
+    """
+
+    def __init__(self, err: int, message: str, source: ErrorSource = ErrorSource.DAEMON):
         super().__init__(message)
         self.errno = err
+        self.source = source
 
 
 class WithData:
@@ -146,7 +152,9 @@ class Session:
             if type(result) is WithData:
                 return Reply(rid, 0, result.result, result.data)
             return Reply(rid, 0, result)
-        except (RequestError, SessionError, ConfigError) as exc:
+        except SessionError as exc:
+            return Reply(rid, exc.errno, [str(exc), exc.source])
+        except (RequestError, ConfigError) as exc:
             return Reply(rid, exc.errno, [str(exc), ErrorSource.DAEMON])
         except Exception as exc:
             known = self.server.backend.error_of(exc)
@@ -183,7 +191,8 @@ class Session:
 
     def _fd(self, fd: int) -> int:
         if fd not in self.files:
-            raise SessionError(errno.EBADF, f"fd {fd} is not open in this session")
+            raise SessionError(errno.EBADF, f"fd {fd} is not open in this session",
+                               ErrorSource.CEPHFS)
         return fd
 
     def _dir(self, handle: int) -> Any:
@@ -199,7 +208,7 @@ class Session:
                 raise SessionError(errno.ENOTCONN, "no configuration yet: send CREATE first")
             auth_id, steps = self._recipe_after_unmount
             self.config = MountConfig.replay(self.server.backend, auth_id, steps,
-                                             self.server.private_dir)
+                                             self.server.private_dir, self.peer)
             self._recipe_after_unmount = None
         return self.config
 
@@ -249,14 +258,15 @@ class Session:
 
     # -- configuration and mount ---------------------------------------------
 
-    def op_create(self, auth_id: str | None) -> None:
+    def op_create(self, auth_id: bytes | None) -> None:
         if self.mount is not None:
             raise SessionError(errno.EISCONN, "already mounted: unmount before CREATE")
         if self.config is not None:
             self.config.discard()
         self._recipe_after_unmount = None
         self.initialized = False
-        self.config = MountConfig(self.server.backend, auth_id, self.server.private_dir)
+        self.config = MountConfig(self.server.backend, auth_id, self.server.private_dir,
+                                  self.peer)
 
     def op_conf_read_file(self, name: str, content: bytes) -> None:
         self._configuring().read_file(content)
@@ -293,12 +303,12 @@ class Session:
         config = self._configuring()
         if self.initialized:
             raise SessionError(errno.EISCONN, "already initialized")
-        config.initialize(self.peer)
+        config.initialize()
         self.initialized = True
 
     def op_mount(self, root: bytes | None, fs_name: bytes | None) -> None:
         config = self._configuring()
-        self.mount = self.server.mounts.acquire(config, self.peer, root, fs_name)
+        self.mount = self.server.mounts.acquire(config, root, fs_name)
         self.config = None
         self.initialized = True
         self.cwd = b"/"
@@ -323,7 +333,7 @@ class Session:
         target = self._resolve(fs, self._path(path))
         if not stat_mod.S_ISDIR(fs.stat(target).st_mode):
             raise SessionError(errno.ENOTDIR, f"chdir: {target.decode(errors='replace')} "
-                               "is not a directory")
+                               "is not a directory", ErrorSource.CEPHFS)
         self.cwd = target
 
     def _resolve(self, fs: Any, path: bytes) -> bytes:
@@ -348,7 +358,8 @@ class Session:
             if stat_mod.S_ISLNK(st.st_mode):
                 links += 1
                 if links > MAX_SYMLINKS:
-                    raise SessionError(errno.ELOOP, "chdir: too many levels of symbolic links")
+                    raise SessionError(errno.ELOOP, "chdir: too many levels of symbolic links",
+                                       ErrorSource.CEPHFS)
                 target = fs.readlink(candidate, protocol.PATH_MAX)
                 if target[:1] == b"/":
                     resolved = []
@@ -363,11 +374,12 @@ class Session:
 
     def op_umask(self, mode: int) -> int:
         # libcephfs stores its umask but does not apply it to open, mkdir or
-        # mknod (it only feeds POSIX ACL inheritance), so the session's own
-        # value is returned and never pushed to the shared mount.
+        # mknod (it only feeds POSIX ACL inheritance), and ceph_umask()
+        # returns the new mask, not the old one.  The session keeps its own
+        # and never pushes it to the shared mount.
         self._fs()
-        old, self.umask = self.umask, mode & 0o7777
-        return old
+        self.umask = mode
+        return mode
 
     # -- metadata by path ----------------------------------------------------------
 
