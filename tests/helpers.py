@@ -39,6 +39,13 @@ def public_dir(prefix: str) -> str:
     return path
 
 
+def evict(ceph_conf: str, instance_id: int) -> None:
+    """Evict a dead CephFS client now, instead of making others wait for the
+    MDS to time its session out (a killed daemon's caps block other clients)."""
+    subprocess.run(["ceph", "-c", ceph_conf, "tell", "mds.*", "client", "evict",
+                    f"id={instance_id}"], check=True, capture_output=True, timeout=60)
+
+
 class Daemon:
     """A libcephfsd process on its own socket."""
 

@@ -1,0 +1,205 @@
+"""The daemon process: its socket, its shutdown, its sharing of mounts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+import libcephfs_proxy
+from helpers import REPO, Daemon, RawClient, evict, public_dir, wait_for
+from libcephfsd.protocol import Op
+
+FS_NAME = "cephfs"
+
+
+@pytest.fixture
+def own_daemon(ceph_conf, monkeypatch):
+    """A private daemon for tests that stop or break it."""
+    daemons = []
+
+    def start(*extra: str, path: str | None = None) -> Daemon:
+        d = Daemon(path or os.path.join(public_dir("libcephfsd-own-"), "d.sock"), *extra)
+        daemons.append(d)
+        monkeypatch.setenv("LIBCEPHFSD_SOCKET", d.socket_path)
+        return d
+
+    yield start
+    for d in daemons:
+        d.stop()
+
+
+def mount(ceph_conf: str, **conf) -> libcephfs_proxy.LibCephFS:
+    fs = libcephfs_proxy.LibCephFS(conffile=ceph_conf, conf=conf or None)
+    fs.mount(filesystem_name=FS_NAME)
+    return fs
+
+
+def test_help_explains_the_options():
+    out = subprocess.run([sys.executable, "-m", "libcephfsd", "--help"], capture_output=True,
+                         text=True, check=True, cwd=REPO).stdout
+    for option in ("--socket", "--socket-mode", "--log-level", "--max-io-size",
+                   "--shutdown-timeout", "LIBCEPHFSD_SOCKET", "/run/libcephfsd.sock"):
+        assert option in out
+
+
+def test_socket_from_environment_and_mode(own_daemon, tmp_path, monkeypatch):
+    path = os.path.join(public_dir("libcephfsd-env-"), "env.sock")
+    monkeypatch.setenv("LIBCEPHFSD_SOCKET", path)
+    log = open(tmp_path / "log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "libcephfsd", "--socket-mode", "0640"],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        wait_for(lambda: os.path.exists(path) and _answers(path), what="daemon on $LIBCEPHFSD_SOCKET")
+        st = os.stat(path)
+        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o640
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+        log.close()
+    assert not os.path.exists(path), "the socket must be removed on exit"
+
+
+def _answers(path: str) -> bool:
+    try:
+        RawClient(path).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_refuses_to_start_over_a_live_daemon_and_replaces_a_stale_socket(own_daemon, tmp_path):
+    first = own_daemon()
+    second = subprocess.run([sys.executable, "-m", "libcephfsd", "--socket", first.socket_path],
+                            capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert second.returncode == 1
+    assert "already answers" in second.stderr
+    assert first.alive() and _answers(first.socket_path)
+    # A socket file nobody listens on is stale: a new daemon takes it over.
+    stale = str(tmp_path / "stale.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(stale)
+    s.close()
+    d = own_daemon(path=stale)
+    assert _answers(stale)
+    assert d.stop() == 0
+    # Anything else at the path is left alone.
+    (tmp_path / "file").write_text("not a socket")
+    third = subprocess.run([sys.executable, "-m", "libcephfsd", "--socket",
+                            str(tmp_path / "file")], capture_output=True, text=True,
+                           timeout=60, cwd=REPO)
+    assert third.returncode == 1 and "not a socket" in third.stderr
+    assert (tmp_path / "file").read_text() == "not a socket"
+
+
+def test_clients_fail_clearly_without_a_daemon(tmp_path, monkeypatch, ceph_conf):
+    monkeypatch.setenv("LIBCEPHFSD_SOCKET", str(tmp_path / "nobody-here.sock"))
+    with pytest.raises(libcephfs_proxy.DaemonUnavailable) as info:
+        libcephfs_proxy.LibCephFS(conffile=ceph_conf)
+    assert info.value.errno == 107
+    assert "nobody-here.sock" in str(info.value) and "LIBCEPHFSD_SOCKET" in str(info.value)
+    assert isinstance(info.value, libcephfs_proxy.OSError)
+
+
+def test_calls_fail_fast_when_the_daemon_dies(own_daemon, ceph_conf):
+    d = own_daemon()
+    fs = mount(ceph_conf)
+    fs.stat("/")
+    instance = fs.get_instance_id()
+    d.stop(signal.SIGKILL)
+    try:
+        with pytest.raises(libcephfs_proxy.DaemonUnavailable, match="lost|closed"):
+            fs.stat("/")
+        with pytest.raises(libcephfs_proxy.DaemonUnavailable):
+            fs.stat("/")
+    finally:
+        evict(ceph_conf, instance)
+
+
+def test_sigterm_finishes_calls_in_flight_then_cleans_up(own_daemon, ceph_conf, direct_fs,
+                                                         workdir):
+    """A blocked flock is in flight when SIGTERM arrives: it completes, the
+    holder's files are closed, everything is unmounted, the socket removed."""
+    d = own_daemon()
+    holder, waiter = mount(ceph_conf), mount(ceph_conf)
+    path = f"{workdir}/lock"
+    fd1 = holder.open(path, "w", 0o644)
+    holder.flock(fd1, 2, 1)                      # LOCK_EX, owner 1
+    fd2 = waiter.open(path, "r", 0)
+    result = {}
+
+    def blocked_flock() -> None:
+        try:
+            result["ok"] = waiter.flock(fd2, 2, 2)  # blocks until fd1 is closed
+        except Exception as exc:
+            result["error"] = exc
+
+    sid = waiter._conn.hello.session
+    calls_before = _session(d, sid)["calls"]
+    t = threading.Thread(target=blocked_flock)
+    t.start()
+    # A session counts a request when it starts executing it.
+    wait_for(lambda: _session(d, sid)["calls"] == calls_before + 1,
+             what="the waiter's flock to be in flight")
+    assert t.is_alive() and not result
+    d.proc.send_signal(signal.SIGTERM)
+    t.join(60)
+    assert not t.is_alive()
+    assert result == {"ok": 0}, result
+    assert d.proc.wait(60) == 0, d.log()
+    assert not os.path.exists(d.socket_path)
+    log = d.log()
+    assert "shutting down" in log and "unmounted" in log and "shut down" in log
+    with pytest.raises(libcephfs_proxy.DaemonUnavailable):
+        holder.stat("/")
+
+
+def _session(d: Daemon, sid: int) -> dict:
+    return next(s for s in d.status()["sessions"] if s["id"] == sid)
+
+
+def test_same_configuration_and_credentials_share_one_mount(proxy_env, ceph_conf):
+    daemon = proxy_env
+    before = {m["id"] for m in daemon.status()["mounts"]}
+    a, b = mount(ceph_conf), mount(ceph_conf)
+    c = mount(ceph_conf, client_oc_size="104857600")   # a different recipe
+    mounts = [m for m in daemon.status()["mounts"] if m["id"] not in before]
+    assert sorted(m["refs"] for m in mounts) == [1, 2]
+    assert a.get_instance_id() == b.get_instance_id() != c.get_instance_id()
+    a.shutdown()
+    # The daemon cleans up a closed session in that session's thread.
+    wait_for(lambda: sorted(m["refs"] for m in daemon.status()["mounts"]
+                            if m["id"] not in before) == [1, 1], what="a's reference dropped")
+    b.shutdown()
+    c.shutdown()
+    # The last session to leave really unmounts.
+    ids = {m["id"] for m in mounts}
+    wait_for(lambda: all(f"unmounted <SharedMount #{i} " in daemon.log() for i in ids),
+             what="both mounts unmounted")
+    assert not ids & {m["id"] for m in daemon.status()["mounts"]}
+
+
+def test_config_file_content_not_path_decides_sharing(proxy_env, ceph_conf, tmp_path):
+    daemon = proxy_env
+    copy = tmp_path / "copy.conf"
+    base_conf = Path(ceph_conf).read_text()
+    copy.write_text(base_conf)
+    changed = tmp_path / "changed.conf"
+    changed.write_text(base_conf + "\n[client]\nclient_oc_size = 104857600\n")
+    a = libcephfs_proxy.LibCephFS(conffile=ceph_conf)
+    a.mount(filesystem_name=FS_NAME)
+    b = libcephfs_proxy.LibCephFS(conffile=str(copy))
+    b.mount(filesystem_name=FS_NAME)
+    c = libcephfs_proxy.LibCephFS(conffile=str(changed))
+    c.mount(filesystem_name=FS_NAME)
+    assert a.get_instance_id() == b.get_instance_id() != c.get_instance_id()
+    assert c.conf_get("client_oc_size") == "104857600"
+    for fs in (a, b, c):
+        fs.shutdown()
