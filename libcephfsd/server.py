@@ -30,7 +30,8 @@ from . import __version__
 from .backend import CephBackend
 from .mounts import MountRegistry
 from .peer import peer_of
-from .protocol import DEFAULT_MAX_DATA, Event, EventKind, FrameError, Reply, RequestError
+from .protocol import (DEFAULT_MAX_DATA, ErrorSource, Event, EventKind, FrameError, Reply,
+                       Request, RequestError)
 from .session import Session
 from .transport import ConnectionClosed, SocketTransport
 
@@ -233,8 +234,11 @@ class _Connection:
                 try:
                     request = transport.receive()
                 except RequestError as exc:
-                    transport.send(Reply(exc.request_id, exc.errno, str(exc)))
+                    transport.send(Reply(exc.request_id, exc.errno,
+                                         [str(exc), ErrorSource.DAEMON]))
                     continue
+                if type(request) is not Request:
+                    raise FrameError(f"a client may only send requests, not {request!r}")
                 transport.send(session.handle(request))
         except ConnectionClosed as exc:
             if not exc.clean:

@@ -1,0 +1,163 @@
+"""Garbage on the wire: a clear error or a closed connection, for that client only.
+
+Every test here keeps a well-behaved client mounted on the same daemon and
+checks, after the abuse, that it still works and that the daemon lives.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+
+import msgpack
+import pytest
+
+from helpers import RawClient, wait_for
+from libcephfsd import protocol
+from libcephfsd.protocol import Event, EventKind, Op, Reply
+
+
+@pytest.fixture
+def bystander(fs):
+    """A mounted, working client that must not notice anything."""
+    fs.stat("/")
+    yield fs
+    assert fs.stat("/").st_ino == 1
+
+
+@pytest.fixture
+def raw(proxy_env):
+    with RawClient(proxy_env.socket_path) as client:
+        yield client
+    assert proxy_env.alive()
+
+
+def frame(body: bytes, data: bytes = b"", body_len: int | None = None,
+          data_len: int | None = None) -> bytes:
+    return struct.pack(">II", len(body) if body_len is None else body_len,
+                       len(data) if data_len is None else data_len) + body + data
+
+
+def expect_goodbye(client: RawClient, err: int) -> None:
+    message = client.receive()
+    assert isinstance(message, Event) and message.kind == EventKind.GOODBYE, message
+    assert message.payload[0] == err
+    with pytest.raises(Exception):
+        client.receive()
+
+
+def error_of(reply) -> tuple[int, str]:
+    assert isinstance(reply, Reply) and reply.errno, reply
+    message, source = reply.result
+    assert source == protocol.ErrorSource.DAEMON
+    return reply.errno, message
+
+
+@pytest.mark.parametrize("garbage,err", [
+    (frame(b"\xc1"), errno.EPROTO),                                   # invalid msgpack
+    (frame(msgpack.packb({"op": 1})), errno.EPROTO),                  # not an array
+    (frame(msgpack.packb([7, 1, 2, []])), errno.EPROTO),              # unknown message type
+    (frame(msgpack.packb([0, -3, 2, []])), errno.EPROTO),             # bad request id
+    (frame(msgpack.packb([1, 1, 0, None])), errno.EPROTO),            # a reply sent to the daemon
+    (frame(b"", body_len=0), errno.EMSGSIZE),                         # empty body
+    (frame(b"", body_len=protocol.MAX_BODY + 1), errno.EMSGSIZE),     # oversized body
+    (frame(msgpack.packb([0, 1, 2, []]), data_len=protocol.DATA_CEILING + 1), errno.EMSGSIZE),
+])
+def test_broken_frames_close_only_that_connection(raw, bystander, garbage, err):
+    raw.send_raw(garbage)
+    expect_goodbye(raw, err)
+
+
+def test_data_before_the_handshake_is_a_frame_error(proxy_env, bystander):
+    with RawClient(proxy_env.socket_path, hello=False) as raw:
+        raw.send_raw(frame(msgpack.packb([0, 1, Op.PING, []]), b"xyz"))
+        expect_goodbye(raw, errno.EMSGSIZE)
+
+
+def test_requests_before_the_handshake_are_refused(proxy_env, bystander):
+    with RawClient(proxy_env.socket_path, hello=False) as raw:
+        err, message = error_of(raw.request(Op.STAT, [b"/", True]))
+        assert err == errno.EPROTO and "HELLO" in message
+        reply = raw.request(Op.HELLO, [protocol.MAGIC, 99, 0])
+        assert error_of(reply)[0] == errno.EPROTONOSUPPORT
+        raw.call(Op.HELLO, [protocol.MAGIC, protocol.PROTOCOL_VERSION, 0])
+        assert error_of(raw.request(Op.HELLO, [protocol.MAGIC, 1, 0]))[0] == errno.EPROTO
+        assert raw.call(Op.PING) is None
+
+
+@pytest.mark.parametrize("op,args,err", [
+    (9999, [], errno.EOPNOTSUPP),                          # unknown op
+    (Op.STAT, [], errno.EINVAL),                           # too few arguments
+    (Op.STAT, [b"/", True, 3], errno.EINVAL),              # too many
+    (Op.STAT, [42, True], errno.EINVAL),                   # wrong kind
+    (Op.STAT, [b"", True], errno.EINVAL),                  # empty path
+    (Op.STAT, [b"/a\x00b", True], errno.EINVAL),           # NUL in path
+    (Op.READ, [3, 0, -5], errno.EINVAL),                   # negative length
+    (Op.CLOSE, [1 << 63], errno.EINVAL),                   # beyond int64
+    (Op.SETATTRX, [b"/", {"evil": 1}, 1, 0], errno.EINVAL),
+    (Op.CONF_PARSE_ARGV, [[1, 2]], errno.EINVAL),
+    (Op.STAT, [b"/", True], errno.ENOTCONN),               # not mounted yet
+    (Op.MOUNT, [None, None], errno.ENOTCONN),              # mount before create
+    (Op.CONF_SET, [b"a", b"b"], errno.ENOTCONN),           # configure before create
+])
+def test_bad_requests_get_an_error_and_the_connection_goes_on(raw, bystander, op, args, err):
+    assert error_of(raw.request(op, args))[0] == err
+    assert raw.call(Op.PING) is None
+
+
+def test_bogus_fds_and_handles_touch_nothing(raw, bystander, ceph_conf, workdir, direct_fs):
+    raw.call(Op.CREATE, [None])
+    with open(ceph_conf, "rb") as f:
+        raw.call(Op.CONF_READ_FILE, ["ceph.conf", f.read()])
+    raw.call(Op.MOUNT, [None, b"cephfs"])
+    # The bystander's fds are real fds of the same shared mount: still refused.
+    fd = bystander.open(f"{workdir}/victim", "w", 0o644)
+    for op, args in ((Op.READ, [fd, 0, 10]), (Op.WRITE, [fd, 0]), (Op.CLOSE, [fd]),
+                     (Op.FSTAT, [fd]), (Op.FCHMOD, [fd, 0o777]), (Op.CLOSE, [-1]),
+                     (Op.READDIR, [1, 10]), (Op.CLOSEDIR, [77]), (Op.SEEKDIR, [5, 0])):
+        reply = raw.request(op, args, b"overwrite" if op == Op.WRITE else b"")
+        assert reply.errno == errno.EBADF, (op, reply)
+    bystander.write(fd, b"intact", 0)
+    bystander.close(fd)
+    assert direct_fs.stat(f"{workdir}/victim").st_mode & 0o777 == 0o644
+
+
+def test_io_above_max_data_is_refused(raw, bystander, ceph_conf, workdir):
+    raw.call(Op.CREATE, [None])
+    with open(ceph_conf, "rb") as f:
+        raw.call(Op.CONF_READ_FILE, ["ceph.conf", f.read()])
+    raw.call(Op.MOUNT, [None, b"cephfs"])
+    fd = raw.call(Op.OPEN, [f"{workdir}/f".encode(), 0o102, 0o644])
+    max_data = raw.hello["max_data"]
+    assert error_of(raw.request(Op.READ, [fd, 0, max_data + 1]))[0] == errno.EINVAL
+    assert error_of(raw.request(Op.PREADV, [fd, [max_data, 1], 0]))[0] == errno.EINVAL
+    assert error_of(raw.request(Op.PWRITEV, [fd, [5, 5], 0], b"short"))[0] == errno.EINVAL
+    assert raw.call(Op.WRITE, [fd, 0], b"fine") == 4
+
+
+def test_pipelined_requests_are_answered_in_order(raw, bystander):
+    ids = []
+    for i in range(50):
+        raw.transport.send(protocol.Request(1000 + i, Op.PING if i % 3 else 9999, []))
+        ids.append(1000 + i)
+    replies = [raw.receive() for _ in ids]
+    assert [r.id for r in replies] == ids
+    assert [bool(r.errno) for r in replies] == [i % 3 == 0 for i in range(50)]
+
+
+def test_a_client_vanishing_mid_frame_is_cleaned_up(proxy_env, bystander):
+    before = proxy_env.status()["totals"]["sessions"]
+    raw = RawClient(proxy_env.socket_path)
+    raw.send_raw(frame(msgpack.packb([0, 1, Op.WRITE, [3, 0]]), data_len=1000)
+                 + b"only part of the data")
+    raw.close()
+    wait_for(lambda: proxy_env.status()["totals"]["sessions"] == before,
+             what="the half-sent session to be cleaned up")
+
+
+def test_many_abusive_connections_do_not_harm_the_daemon(proxy_env, bystander):
+    for i in range(200):
+        with RawClient(proxy_env.socket_path, hello=i % 2 == 0) as raw:
+            raw.send_raw(frame(b"\xc1" * (i % 7 + 1)))
+            expect_goodbye(raw, errno.EPROTO)
+    assert proxy_env.alive()
