@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import shutil
@@ -68,10 +69,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _pin_mmap_threshold() -> None:
+    """Keep I/O buffers (up to max_data each) out of the malloc arenas.
+
+    glibc raises its mmap threshold each time a large mmapped block is freed,
+    so after the first few MiB-sized buffers it serves them from per-thread
+    arenas that never shrink: measured, 64 MiB of RSS kept after 8 clients
+    moved 96 MiB.  A fixed threshold makes every large buffer an mmap that
+    free() returns to the kernel.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 << 10)   # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        log.debug("mallopt unavailable; large buffers may stay in malloc arenas")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s[%(threadName)s]: %(message)s")
+    _pin_mmap_threshold()
     # Imported here so that --help works without Ceph installed.
     from .server import DaemonRunning, Server
 

@@ -31,10 +31,23 @@ def start_cluster(*args: str) -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
+def cluster_running(*args: str) -> bool:
+    return subprocess.run([sys.executable, str(DEV_CLUSTER), "status", *args],
+                          capture_output=True, timeout=60).returncode == 0
+
+
 @pytest.fixture(scope="session")
 def ceph_conf() -> str:
-    """Path of a running dev cluster's ceph.conf (auth none)."""
-    return start_cluster()
+    """Path of a running dev cluster's ceph.conf (auth none).
+
+    Reuses a running dev cluster (`make cluster`); one this fixture had to
+    start is stopped at the end of the run.
+    """
+    was_running = cluster_running()
+    yield start_cluster()
+    if not was_running:
+        subprocess.run([sys.executable, str(DEV_CLUSTER), "stop"], capture_output=True,
+                       timeout=300)
 
 
 @pytest.fixture(scope="session")
