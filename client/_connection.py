@@ -73,15 +73,16 @@ class Connection:
         return self.hello.max_data
 
     def call(self, op: Op, args: list | tuple = (), data: bytes | bytearray | memoryview = b""
-             ) -> tuple[Any, bytes | bytearray]:
+             ) -> tuple[Any, Any]:
         """Send one request, return (result, data) of its reply.
 
         Raises ErrorReply for an error reply, DaemonUnavailable when the
         daemon is gone, ProtocolError on nonsense.
         """
         with self._lock:
-            if self._broken is not None:
-                raise DaemonUnavailable(self._broken)
+            broken = self._broken
+            if broken is not None:
+                raise DaemonUnavailable(broken)
             if os.getpid() != self._pid:
                 raise DaemonUnavailable(
                     "this libcephfs_proxy connection belongs to the parent process; "
@@ -89,22 +90,22 @@ class Connection:
             rid = self._next_id
             self._next_id = rid + 1 if rid < 0xFFFFFFFF else 1
             try:
-                self._transport.send(Request(rid, op, args, data))
+                self._transport.send(Request(rid, op, list(args), data))
                 reply = self._transport.receive()
             except (ConnectionClosed, OSError) as exc:
-                self._break(f"connection to libcephfsd at {self.path} lost: {exc}")
-                raise DaemonUnavailable(self._broken) from exc
+                raise DaemonUnavailable(
+                    self._break(f"connection to libcephfsd at {self.path} lost: {exc}")) from exc
             except protocol.ProtocolError as exc:
-                self._break(f"protocol error from libcephfsd at {self.path}: {exc}")
-                raise ProtocolError(self._broken) from exc
+                raise ProtocolError(
+                    self._break(f"protocol error from libcephfsd at {self.path}: {exc}")) from exc
             if isinstance(reply, Event):
                 detail = reply.payload[1] if isinstance(reply.payload, list) and len(
                     reply.payload) == 2 else reply.payload
-                self._break(f"libcephfsd at {self.path} closed the connection: {detail}")
-                raise DaemonUnavailable(self._broken)
+                raise DaemonUnavailable(
+                    self._break(f"libcephfsd at {self.path} closed the connection: {detail}"))
             if not isinstance(reply, Reply) or reply.id != rid:
-                self._break(f"libcephfsd at {self.path} answered out of order: {reply!r}")
-                raise ProtocolError(self._broken)
+                raise ProtocolError(
+                    self._break(f"libcephfsd at {self.path} answered out of order: {reply!r}"))
         if reply.errno:
             result = reply.result
             if isinstance(result, list) and len(result) == 2:
@@ -113,12 +114,14 @@ class Connection:
             raise ErrorReply(reply.errno, str(result), False)
         return reply.result, reply.data
 
-    def _break(self, reason: str) -> None:
+    def _break(self, reason: str) -> str:
+        """Mark the connection unusable for *reason*, which it returns."""
         self._broken = reason
         try:
             self._transport.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        return reason
 
     def close(self) -> None:
         with self._lock:

@@ -14,7 +14,7 @@ import errno as _errno
 import os
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Literal
 
 from libcephfsd.protocol import MAX_BODY, Op
 
@@ -65,7 +65,7 @@ class DirResult:
         self._rewind()
         return self
 
-    def __exit__(self, type_: Any, value: Any, traceback: Any) -> bool:
+    def __exit__(self, type_: Any, value: Any, traceback: Any) -> Literal[False]:
         self.close()
         return False
 
@@ -126,7 +126,7 @@ def _check_dir(handle: Any) -> DirResult:
     return handle
 
 
-def _utime_times(times: Any, kind: type | tuple, what: str) -> list:
+def _utime_times(times: Any, kind: Any, what: str) -> list:
     if times:
         if not isinstance(times, tuple):
             raise TypeError("times must be a tuple")
@@ -134,7 +134,8 @@ def _utime_times(times: Any, kind: type | tuple, what: str) -> list:
             raise TypeError(f"atime must be {what}")
         if not isinstance(times[1], kind):
             raise TypeError(f"mtime must be {what}")
-        return [times[0], times[1]] if kind is int else [float(times[0]), float(times[1])]
+        atime, mtime = times[0], times[1]
+        return [atime, mtime] if kind is int else [float(atime), float(mtime)]
     now = int(time.time()) if kind is int else time.time()
     return [now, now]
 
@@ -247,7 +248,7 @@ class LibCephFS:
         self.mount()
         return self
 
-    def __exit__(self, type_: Any, value: Any, traceback: Any) -> bool:
+    def __exit__(self, type_: Any, value: Any, traceback: Any) -> Literal[False]:
         self.shutdown()
         return False
 

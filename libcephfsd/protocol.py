@@ -438,12 +438,17 @@ class ServerHello:
         try:
             hello = cls(int(obj["version"]), Feature(obj["features"]), int(obj["max_body"]),
                         int(obj["max_data"]), int(obj["session"]), str(obj["server"]),
-                        tuple(int(x) for x in obj["ceph_version"]))
+                        _version_triple(obj["ceph_version"]))
         except (TypeError, KeyError, ValueError) as exc:
             raise RemoteProtocolError(f"malformed HELLO reply: {obj!r}") from exc
         if not 0 < hello.max_data <= DATA_CEILING or not 0 < hello.max_body <= MAX_BODY:
             raise RemoteProtocolError(f"HELLO reply has limits out of range: {obj!r}")
         return hello
+
+
+def _version_triple(value: Any) -> tuple[int, int, int]:
+    major, minor, extra = (int(x) for x in value)
+    return major, minor, extra
 
 
 def check_hello(args: list) -> Feature:
@@ -548,7 +553,7 @@ STX_TIME_FIELDS = ("atime", "mtime", "ctime", "btime")
 def _stx(v: Any) -> dict:
     if not isinstance(v, dict):
         raise TypeError("a map of statx fields")
-    out = {}
+    out: dict[str, int | float] = {}
     for key, value in v.items():
         if key in STX_INT_FIELDS:
             out[key] = _int(value)

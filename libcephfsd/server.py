@@ -120,7 +120,8 @@ class Server:
         threading.stack_size(THREAD_STACK)
         try:
             while not self._stopping.is_set():
-                readable, _, _ = select.select([self._listener, self._wake_r], [], [])
+                waitables: list[Any] = [self._listener, self._wake_r]
+                readable, _, _ = select.select(waitables, [], [])
                 if self._wake_r in readable:
                     break
                 try:

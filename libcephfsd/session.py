@@ -550,7 +550,7 @@ class Session:
 
     def op_readdir(self, hid: int, max_entries: int) -> list:
         fs, handle = self._fs(), self._dir(hid)
-        entries = []
+        entries: list[list] = []
         for _ in range(max(1, min(max_entries, protocol.READDIR_MAX_BATCH))):
             entry = fs.readdir(handle)
             if entry is None:

@@ -86,17 +86,17 @@ class SocketTransport:
             self._start += n
             return out
         # Large data section: one buffer of the exact size, filled in place.
-        out = bytearray(n)
-        out[:available] = self._view[self._start:self._end]
+        big = bytearray(n)
+        big[:available] = self._view[self._start:self._end]
         self._start = self._end = 0
-        view = memoryview(out)
+        view = memoryview(big)
         got = available
         while got < n:
             k = self.sock.recv_into(view[got:], n - got, socket.MSG_WAITALL)
             if k == 0:
                 raise ConnectionClosed(False)
             got += k
-        return out
+        return big
 
 
 def send_buffers(sock: socket.socket, buffers: list) -> None:
