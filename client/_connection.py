@@ -4,22 +4,50 @@ Thread-safe: calls from several threads are serialised on the connection
 (one request in flight, answered in order).  A connection is tied to the
 process that opened it: a forked child gets DaemonUnavailable instead of
 interleaving frames with its parent on a shared socket.
+
+With the daemon's CLIENT_CACHE feature the connection also owns the
+session's :class:`MetadataCache`: INVALIDATE events arrive on the same
+socket, and a page shared with the daemon counts the events sent.  A cache
+lookup first compares that count with the events applied (a memory read, no
+system call); only when events are pending does it take the connection lock
+to apply them.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import socket
 import threading
-from typing import Any
+from typing import Any, Callable, Hashable
 
 from libcephfsd import protocol
-from libcephfsd.protocol import Event, Feature, Op, Reply, Request, ServerHello
+from libcephfsd.coherence import CLIENT_STATS, CLIENT_STATS_AT, EPOCH, PAGE_SIZE, SENT, dep_from_wire
+from libcephfsd.protocol import Event, EventKind, Feature, Op, Reply, Request, ServerHello
 from libcephfsd.transport import ConnectionClosed, SocketTransport
 
 from ._errors import DaemonUnavailable, ProtocolError
+from .cache import MISS, MetadataCache
 
 DEFAULT_SOCKET = "/run/libcephfsd.sock"
+#: Publish cache statistics to the shared page every this many lookups.
+_PUBLISH_EVERY = 256
+
+
+def cache_settings() -> int | None:
+    """Entries the client cache may hold, from the environment; None: no cache.
+
+    ``LIBCEPHFS_PROXY_CACHE=0`` (or ``off``, ``no``) opts out;
+    ``LIBCEPHFS_PROXY_CACHE_ENTRIES`` sizes it (the daemon may grant fewer).
+    """
+    if os.environ.get("LIBCEPHFS_PROXY_CACHE", "1").strip().lower() in ("0", "off", "no",
+                                                                          "false"):
+        return None
+    try:
+        entries = int(os.environ.get("LIBCEPHFS_PROXY_CACHE_ENTRIES", "4096"))
+    except ValueError:
+        entries = 4096
+    return max(1, entries)
 
 
 def socket_path() -> str:
@@ -38,12 +66,21 @@ class ErrorReply(Exception):
 
 
 class Connection:
-    def __init__(self, path: str | None = None, features: Feature = protocol.SUPPORTED_FEATURES):
+    def __init__(self, path: str | None = None, cache_entries: int | None = None):
         self.path = path or socket_path()
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._next_id = 1
         self._broken: str | None = None
+        #: The session's cache, when the daemon granted one.
+        self.cache: MetadataCache | None = None
+        self._page: memoryview | None = None
+        self._map: mmap.mmap | None = None
+        self._applied = 0
+        self._epoch = 0
+        self._lookups = 0
+        #: Deps invalidated while a call was waiting for its reply.
+        self._invalidated_in_call: set | None = None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             sock.connect(self.path)
@@ -54,14 +91,42 @@ class Connection:
                 "(is the daemon running? set LIBCEPHFSD_SOCKET to its socket)") from exc
         self._transport = SocketTransport(sock, max_data_in=0, max_data_out=0)
         try:
-            result, _ = self.call(Op.HELLO, [protocol.MAGIC, protocol.PROTOCOL_VERSION,
-                                             int(features)])
-            self.hello = ServerHello.from_wire(result)
-        except (ErrorReply, protocol.RemoteProtocolError) as exc:
+            self.hello = self._handshake(cache_entries)
+        except (ErrorReply, protocol.RemoteProtocolError, OSError, ValueError) as exc:
             self.close()
+            if isinstance(exc, DaemonUnavailable):
+                raise
             raise ProtocolError(f"libcephfsd at {self.path} refused the handshake: {exc}") from exc
         self._transport.max_data_in = self.hello.max_data
         self._transport.max_data_out = self.hello.max_data
+
+    def _handshake(self, cache_entries: int | None) -> ServerHello:
+        features = Feature.CLIENT_CACHE if cache_entries else Feature(0)
+        request = protocol.hello_request(1, features, {"cache_entries": cache_entries}
+                                         if cache_entries else None)
+        self._transport.send(request)
+        try:
+            reply, fds = self._transport.receive_with_fds()
+        except ConnectionClosed as exc:
+            raise DaemonUnavailable(f"libcephfsd at {self.path} closed the connection "
+                                    "during the handshake") from exc
+        try:
+            if not isinstance(reply, Reply) or reply.id != 1:
+                raise ProtocolError(f"unexpected answer to HELLO: {reply!r}")
+            if reply.errno:
+                raise ErrorReply(reply.errno, str(reply.result), False)
+            hello = ServerHello.from_wire(reply.result)
+            if Feature.CLIENT_CACHE in hello.features:
+                if len(fds) != 1 or not hello.cache:
+                    raise ProtocolError("CLIENT_CACHE granted without its shared page")
+                self._map = mmap.mmap(fds[0], PAGE_SIZE)
+                self._page = memoryview(self._map).cast("Q")
+                self._epoch = self._page[EPOCH]
+                self.cache = MetadataCache(int(hello.cache["entries"]))
+            return hello
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def __repr__(self) -> str:
         state = f"broken: {self._broken}" if self._broken else "open"
@@ -80,43 +145,149 @@ class Connection:
         daemon is gone, ProtocolError on nonsense.
         """
         with self._lock:
-            broken = self._broken
-            if broken is not None:
-                raise DaemonUnavailable(broken)
-            if os.getpid() != self._pid:
-                raise DaemonUnavailable(
-                    "this libcephfs_proxy connection belongs to the parent process; "
-                    "a forked child must create its own LibCephFS")
-            rid = self._next_id
-            self._next_id = rid + 1 if rid < 0xFFFFFFFF else 1
+            reply = self._exchange(op, args, data)
+        if reply.errno:
+            raise _error_reply(reply)
+        return reply.result, reply.data
+
+    def fetch(self, op: Op, args: list | tuple, key: Hashable,
+              convert: Callable[[Any], Any]) -> Any:
+        """Call a cacheable op; cache the (converted) answer when the daemon allows.
+
+        An error answer is cached as its ErrorReply (a cached "no such file")
+        and raised.
+        """
+        with self._lock:
+            epoch = self._epoch
+            invalidated: set = set()
+            self._invalidated_in_call = invalidated
             try:
-                self._transport.send(Request(rid, op, list(args), data))
-                reply = self._transport.receive()
-            except (ConnectionClosed, OSError) as exc:
+                reply = self._exchange(op, args, b"")
+            finally:
+                self._invalidated_in_call = None
+            value = _error_reply(reply) if reply.errno else convert(reply.result)
+            meta = reply.meta
+            cache = self.cache
+            if (meta is not None and cache is not None and epoch == self._epoch
+                    and isinstance(meta, list) and len(meta) == 2):
+                try:
+                    deps = [dep_from_wire(d) for d in meta[1]]
+                    deadline = float(meta[0])
+                except (TypeError, ValueError) as exc:
+                    raise ProtocolError(self._break(f"bad cache metadata: {exc}")) from exc
+                # An invalidation that overtook the answer: the answer may
+                # predate the change, so it is returned but not kept.
+                if not invalidated.intersection(deps):
+                    cache.put(key, value, deadline, deps)
+        if isinstance(value, ErrorReply):
+            raise value
+        return value
+
+    def lookup(self, key: Hashable) -> Any:
+        """The cached answer for *key*, or MISS.  No round trip; takes the
+        connection lock only when invalidations are pending."""
+        page = self._page
+        if page is None:
+            return MISS
+        if page[SENT] != self._applied or page[EPOCH] != self._epoch:
+            self._catch_up()
+        self._lookups += 1
+        if self._lookups % _PUBLISH_EVERY == 0:
+            self._publish()
+        return self.cache.get(key)  # type: ignore[union-attr]
+
+    def forget(self, key: Hashable) -> None:
+        if self.cache is not None:
+            self.cache.discard(key)
+
+    def clear_cache(self) -> None:
+        if self.cache is not None:
+            self.cache.clear()
+
+    def _catch_up(self) -> None:
+        """Apply the invalidations the daemon has counted but we have not read."""
+        with self._lock:
+            if self._broken is not None or self._page is None:
+                return
+            page = self._page
+            if page[EPOCH] != self._epoch:
+                self._epoch = page[EPOCH]
+                self.cache.clear()  # type: ignore[union-attr]
+            target = page[SENT]
+            try:
+                while self._applied < target:
+                    message = self._transport.receive()
+                    if not (isinstance(message, Event) and message.kind == EventKind.INVALIDATE):
+                        raise ProtocolError(self._break(
+                            f"libcephfsd sent {message!r} with no request outstanding"))
+                    self._apply(message.payload)
+            except (ConnectionClosed, OSError, protocol.ProtocolError) as exc:
+                self.cache.clear()  # type: ignore[union-attr]
                 raise DaemonUnavailable(
                     self._break(f"connection to libcephfsd at {self.path} lost: {exc}")) from exc
-            except protocol.ProtocolError as exc:
-                raise ProtocolError(
-                    self._break(f"protocol error from libcephfsd at {self.path}: {exc}")) from exc
-            if isinstance(reply, Event):
-                detail = reply.payload[1] if isinstance(reply.payload, list) and len(
-                    reply.payload) == 2 else reply.payload
-                raise DaemonUnavailable(
-                    self._break(f"libcephfsd at {self.path} closed the connection: {detail}"))
-            if not isinstance(reply, Reply) or reply.id != rid:
-                raise ProtocolError(
-                    self._break(f"libcephfsd at {self.path} answered out of order: {reply!r}"))
-        if reply.errno:
-            result = reply.result
-            if isinstance(result, list) and len(result) == 2:
-                raise ErrorReply(reply.errno, str(result[0]),
-                                 result[1] == protocol.ErrorSource.CEPHFS)
-            raise ErrorReply(reply.errno, str(result), False)
-        return reply.result, reply.data
+
+    def _apply(self, payload: Any) -> None:
+        try:
+            deps = [dep_from_wire(d) for d in payload]
+        except (TypeError, ValueError) as exc:
+            raise protocol.RemoteProtocolError(f"malformed INVALIDATE: {exc}") from exc
+        self.cache.invalidate(deps)  # type: ignore[union-attr]
+        self._applied += 1
+        if self._invalidated_in_call is not None:
+            self._invalidated_in_call.update(deps)
+
+    def _publish(self) -> None:
+        """Write this cache's counters where the daemon (and cachestat) can read them."""
+        page, cache = self._page, self.cache
+        if page is None or cache is None:
+            return
+        stats = cache.stats
+        values = (len(cache), stats.hits, stats.misses, self._applied, stats.evictions,
+                  stats.expirations, stats.flushes)
+        for i, value in enumerate(values):
+            page[CLIENT_STATS_AT + i] = value
+
+    def _exchange(self, op: Op, args: list | tuple, data: bytes | bytearray | memoryview
+                  ) -> Reply:
+        """One request and its reply; call with the lock held."""
+        broken = self._broken
+        if broken is not None:
+            raise DaemonUnavailable(broken)
+        if os.getpid() != self._pid:
+            raise DaemonUnavailable(
+                "this libcephfs_proxy connection belongs to the parent process; "
+                "a forked child must create its own LibCephFS")
+        rid = self._next_id
+        self._next_id = rid + 1 if rid < 0xFFFFFFFF else 1
+        try:
+            self._transport.send(Request(rid, op, list(args), data))
+            reply = self._transport.receive()
+            while (isinstance(reply, Event) and reply.kind == EventKind.INVALIDATE
+                   and self.cache is not None):
+                self._apply(reply.payload)
+                reply = self._transport.receive()
+        except (ConnectionClosed, OSError) as exc:
+            raise DaemonUnavailable(
+                self._break(f"connection to libcephfsd at {self.path} lost: {exc}")) from exc
+        except protocol.ProtocolError as exc:
+            raise ProtocolError(
+                self._break(f"protocol error from libcephfsd at {self.path}: {exc}")) from exc
+        if isinstance(reply, Event):
+            detail = reply.payload[1] if isinstance(reply.payload, list) and len(
+                reply.payload) == 2 else reply.payload
+            raise DaemonUnavailable(
+                self._break(f"libcephfsd at {self.path} closed the connection: {detail}"))
+        if not isinstance(reply, Reply) or reply.id != rid:
+            raise ProtocolError(
+                self._break(f"libcephfsd at {self.path} answered out of order: {reply!r}"))
+        if self._page is not None:
+            self._publish()
+        return reply
 
     def _break(self, reason: str) -> str:
         """Mark the connection unusable for *reason*, which it returns."""
         self._broken = reason
+        self.clear_cache()
         try:
             self._transport.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -127,4 +298,18 @@ class Connection:
         with self._lock:
             if self._broken is None:
                 self._broken = "connection closed"
+            self.clear_cache()
             self._transport.close()
+            if self._page is not None:
+                self._page.release()
+                self._page = None
+            if self._map is not None:
+                self._map.close()
+                self._map = None
+
+
+def _error_reply(reply: Reply) -> ErrorReply:
+    result = reply.result
+    if isinstance(result, list) and len(result) == 2:
+        return ErrorReply(reply.errno, str(result[0]), result[1] == protocol.ErrorSource.CEPHFS)
+    return ErrorReply(reply.errno, str(result), False)

@@ -16,16 +16,21 @@ import time
 from collections import deque
 from typing import Any, Literal
 
-from libcephfsd.protocol import MAX_BODY, Op
+from libcephfsd.protocol import MAX_BODY, PATH_MAX, Op
 
 from . import _constants as C
-from ._connection import Connection, ErrorReply
+from ._connection import Connection, ErrorReply, cache_settings
+from .cache import MISS
 from ._errors import Error, LibCephFSStateError, OperationNotSupported, make_ex
 from ._types import DirEntry, cstr, cstr_list, stat_result, statx_result
 
 #: Entries fetched per READDIR round trip.
 READDIR_BATCH = 256
 _CEPH_CONF_DEFAULT = "/etc/ceph/$cluster.conf, $home/.ceph/$cluster.conf, $cluster.conf"
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def _cint(value: Any) -> int:
@@ -228,6 +233,8 @@ class LibCephFS:
         self.state = "uninitialized"
         self._conn: Connection | None = None
         self._orphan_dirs: list[int] = []
+        #: The session's cwd as the daemon resolved it (for cache keys).
+        self._cwd = b"/"
         if rados_inst is not None:
             if auth_id is not None or conffile is not None or conf is not None:
                 raise make_ex(_errno.EINVAL,
@@ -260,6 +267,33 @@ class LibCephFS:
         raise LibCephFSStateError("You cannot perform that operation on a "
                                   "CephFS object in state %s." % (self.state))
 
+    def _error(self, exc: ErrorReply, err: Any) -> Exception:
+        message = (err() if callable(err) else err) if exc.from_cephfs else exc.message
+        return make_ex(exc.errno, message)
+
+    def _abs(self, path: bytes) -> bytes:
+        """*path* joined to the session's cwd, as the daemon joins it."""
+        if path[:1] == b"/":
+            return path
+        cwd = self._cwd
+        return (cwd if cwd != b"/" else b"") + b"/" + path
+
+    def _cached(self, key: Any, op: Op, args: tuple, convert: Any, err: Any) -> Any:
+        """A cacheable call: from the session's cache when it holds a live answer."""
+        conn = self._conn
+        if conn is None or conn.cache is None:
+            result, _ = self._call(op, args, err)
+            return convert(result)
+        value = conn.lookup(key)
+        if value is MISS:
+            try:
+                return conn.fetch(op, args, key, convert)
+            except ErrorReply as exc:
+                raise self._error(exc, err) from None
+        if type(value) is ErrorReply:
+            raise self._error(value, err)
+        return value
+
     def _call(self, op: Op, args: tuple | list, err: Any,
               data: bytes | bytearray | memoryview = b"") -> tuple[Any, Any]:
         """One request.  *err* words a libcephfs error as the binding does:
@@ -271,11 +305,7 @@ class LibCephFS:
         try:
             return conn.call(op, args, data)
         except ErrorReply as exc:
-            if exc.from_cephfs:
-                message = err() if callable(err) else err
-            else:
-                message = exc.message
-            raise make_ex(exc.errno, message) from None
+            raise self._error(exc, err) from None
 
     # -- creation and configuration ----------------------------------------------
 
@@ -292,7 +322,7 @@ class LibCephFS:
         auth = cstr(auth_id, "auth_id", opt=True)
         if self._conn is not None:
             self._conn.close()
-        self._conn = Connection()
+        self._conn = Connection(cache_entries=cache_settings())
         self._call(Op.CREATE, (auth,), "libcephfs_initialize failed")
         self.state = "configuring"
         if conffile in (self.NO_CONF_FILE, None):
@@ -369,16 +399,23 @@ class LibCephFS:
                    "error calling ceph_mount" if not filesystem_name else
                    "error calling ceph_select_filesystem")
         self.state = "mounted"
+        self._cwd = b"/"
+
+    def _left_mount(self) -> None:
+        self.state = "initialized"
+        self._cwd = b"/"
+        if self._conn is not None:
+            self._conn.clear_cache()
 
     def unmount(self) -> None:
         self.require_state("mounted")
         self._call(Op.UNMOUNT, (), "error calling ceph_unmount")
-        self.state = "initialized"
+        self._left_mount()
 
     def abort_conn(self) -> None:
         self.require_state("mounted")
         self._call(Op.ABORT_CONN, (), "error calling ceph_abort_conn")
-        self.state = "initialized"
+        self._left_mount()
 
     def shutdown(self) -> None:
         if self.state in ["initialized", "mounted"]:
@@ -418,11 +455,12 @@ class LibCephFS:
 
     def getcwd(self) -> bytes:
         self.require_state("mounted")
-        return self._call(Op.GETCWD, (), "getcwd failed")[0]
+        # The cwd is this session's own: the daemon told us at the last chdir.
+        return self._cwd
 
     def chdir(self, path: Any) -> None:
         self.require_state("mounted")
-        self._call(Op.CHDIR, (cstr(path, "path"),), "chdir failed")
+        self._cwd = self._call(Op.CHDIR, (cstr(path, "path"),), "chdir failed")[0]
 
     def umask(self, mode: Any) -> int:
         self.require_state("mounted")
@@ -555,11 +593,12 @@ class LibCephFS:
         self._call(Op.FCHOWN, (fd, uid, gid), "error in fchown")
 
     def stat(self, path: Any, follow_symlink: Any = True) -> Any:
-        self.require_state("mounted")
+        if self.state != "mounted":
+            self.require_state("mounted")
         path = cstr(path, "path")
-        wire, _ = self._call(Op.STAT, (path, bool(follow_symlink)),
-                             lambda: "error in stat: {}".format(path.decode("utf-8")))
-        return stat_result(wire)
+        follow = bool(follow_symlink)
+        return self._cached((0, self._abs(path), follow), Op.STAT, (path, follow), stat_result,
+                            lambda: "error in stat: {}".format(path.decode("utf-8")))
 
     def lstat(self, path: Any) -> Any:
         return self.stat(path, follow_symlink=False)
@@ -568,7 +607,7 @@ class LibCephFS:
         self.require_state("mounted")
         if not isinstance(fd, int):
             raise TypeError("fd must be an int")
-        return stat_result(self._call(Op.FSTAT, (fd,), "error in fsat")[0])
+        return self._cached((3, fd), Op.FSTAT, (fd,), stat_result, "error in fsat")
 
     def statx(self, path: Any, mask: Any, flag: Any) -> dict:
         self.require_state("mounted")
@@ -577,8 +616,12 @@ class LibCephFS:
             raise TypeError("flag must be a int")
         if not isinstance(flag, int):
             raise TypeError("flag must be a int")
-        wire, _ = self._call(Op.STATX, (path, mask, flag), lambda: "error in stat: %s" % path)
-        return statx_result(wire)
+        err = lambda: "error in stat: %s" % path  # noqa: E731
+        if flag & C.AT_STATX_FORCE_SYNC:
+            return statx_result(self._call(Op.STATX, (path, mask, flag), err)[0])
+        # A copy: callers may change the dict, the cached one must not.
+        return dict(self._cached((1, self._abs(path), mask, flag), Op.STATX,
+                                 (path, mask, flag), statx_result, err))
 
     def setattrx(self, path: Any, dict_stx: Any, mask: Any, flags: Any) -> None:
         self.require_state("mounted")
@@ -665,7 +708,16 @@ class LibCephFS:
     def readlink(self, path: Any, size: Any) -> bytes:
         self.require_state("mounted")
         path = cstr(path, "path")
-        return self._call(Op.READLINK, (path, _cint(size)), "error in readlink")[0]
+        size = _cint(size)
+        if size >= PATH_MAX:
+            return self._cached((2, self._abs(path)), Op.READLINK, (path, PATH_MAX),
+                                _same, "error in readlink")
+        # A short buffer gets a cut target: not what the cache holds.
+        if self._conn is not None and self._conn.cache is not None:
+            target = self._cached((2, self._abs(path)), Op.READLINK, (path, PATH_MAX),
+                                  _same, "error in readlink")
+            return target[:max(size, 0)]
+        return self._call(Op.READLINK, (path, size), "error in readlink")[0]
 
     def unlink(self, path: Any) -> None:
         self.require_state("mounted")
@@ -703,6 +755,8 @@ class LibCephFS:
         self.require_state("mounted")
         if not isinstance(fd, int):
             raise TypeError("fd must be an int")
+        if self._conn is not None:
+            self._conn.forget((3, fd))    # the number may name another file next
         self._call(Op.CLOSE, (fd,), "error in close")
 
     def read(self, fd: Any, offset: Any, l: Any) -> bytes:  # noqa: E741 - the binding's name

@@ -42,6 +42,26 @@ def _size(text: str) -> int:
     return value
 
 
+def _ttl(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 60:
+        raise argparse.ArgumentTypeError("must be more than 0 and at most 60 seconds")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="libcephfsd",
@@ -65,6 +85,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--shutdown-timeout", metavar="SECONDS", type=float, default=30.0,
                         help="on SIGTERM/SIGINT, how long calls in progress may take to "
                              "finish before mounts are unmounted anyway (default: 30)")
+    cache = parser.add_argument_group(
+        "client cache", "Clients keep stat/lookup/readlink answers and the daemon pushes "
+        "invalidations for every change made through it; changes made by other CephFS "
+        "clients are bounded by --cache-ttl.")
+    cache.add_argument("--enable-client-cache", action="store_true",
+                       help="offer the cache to clients (they may opt out)")
+    cache.add_argument("--cache-ttl", metavar="SECONDS", type=_ttl, default=1.0,
+                       help="how long a cached answer lives (default: 1.0, at most 60)")
+    cache.add_argument("--cache-entries", metavar="N", type=_positive, default=4096,
+                       help="most entries a client may cache (default: 4096); clients "
+                            "may ask for fewer")
+    cache.add_argument("--cache-max-records", metavar="N", type=_positive, default=262144,
+                       help="bound on what the daemon remembers of who caches what, per "
+                            "filesystem (default: 262144); past it answers go uncached")
     parser.add_argument("--version", action="version", version=f"libcephfsd {__version__}")
     return parser.parse_args(argv)
 
@@ -90,13 +124,17 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s[%(threadName)s]: %(message)s")
     _pin_mmap_threshold()
     # Imported here so that --help works without Ceph installed.
+    from .coherence import Coherence
     from .server import DaemonRunning, Server
 
     private_dir = tempfile.mkdtemp(prefix="libcephfsd-")
     try:
         try:
+            coherence = (Coherence(args.cache_ttl, args.cache_max_records, args.cache_entries)
+                         if args.enable_client_cache else None)
             server = Server(args.socket, socket_mode=args.socket_mode, max_data=args.max_io_size,
-                            private_dir=private_dir, shutdown_timeout=args.shutdown_timeout)
+                            private_dir=private_dir, shutdown_timeout=args.shutdown_timeout,
+                            coherence=coherence)
             server.bind()
         except DaemonRunning as exc:
             log.error("not starting: %s", exc)
@@ -111,8 +149,10 @@ def main(argv: list[str] | None = None) -> int:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        log.info("libcephfsd %s ready on %s (pid %d, libcephfs %s)", __version__, args.socket,
-                 os.getpid(), ".".join(map(str, server.backend.version)))
+        log.info("libcephfsd %s ready on %s (pid %d, libcephfs %s, client cache %s)",
+                 __version__, args.socket, os.getpid(),
+                 ".".join(map(str, server.backend.version)),
+                 f"on, ttl {args.cache_ttl}s" if coherence else "off")
         server.serve_forever()
         return 0
     finally:

@@ -242,6 +242,8 @@ class SharedMount:
     recipe: list = field(default_factory=list)
     fs: Any = None
     refs: int = 0
+    #: The filesystem's cache tracker when client caches are enabled.
+    tracker: Any = None
     mounted_at: float = field(default_factory=time.time)
     ready: threading.Event = field(default_factory=threading.Event)
 
@@ -262,7 +264,8 @@ class SharedMount:
 class MountRegistry:
     """All real mounts of the daemon, keyed by :meth:`MountConfig.key`.  Thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, coherence: Any = None) -> None:
+        self._coherence = coherence
         self._lock = threading.Lock()
         self._mounts: dict[str, SharedMount] = {}
         self._next_id = 1
@@ -309,6 +312,8 @@ class MountRegistry:
             config.discard()
             raise
         mount.fs, config.fs = config.fs, None
+        if self._coherence is not None:
+            mount.tracker = self._coherence.tracker_for(filesystem_identity(mount.fs))
         mount.ready.set()
         log.info("mounted %r", mount)
         return mount
@@ -345,3 +350,8 @@ class MountRegistry:
     def snapshot(self) -> list[dict]:
         with self._lock:
             return [m.describe() for m in self._mounts.values() if m.ready.is_set()]
+
+
+def filesystem_identity(fs: Any) -> tuple:
+    """What names one filesystem across mounts: cluster fsid (or monitors) and fscid."""
+    return (fs.conf_get("fsid") or fs.conf_get("mon_host") or "?", fs.get_fscid())

@@ -50,6 +50,9 @@ DEFAULT_MAX_DATA = 4 << 20
 #: Data bytes allowed before the handshake told the client the real limit.
 HANDSHAKE_MAX_DATA = 0
 PATH_MAX = 4096
+#: statx flags the daemon looks at (values of the cephfs binding).
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_STATX_FORCE_SYNC = 0x2000
 #: Largest xattr value or name list the daemon reads (CephFS's own limit is 64 KiB).
 MAX_XATTR = 64 << 10
 #: Largest number of entries one READDIR may ask for.
@@ -65,17 +68,19 @@ class MsgType(enum.IntEnum):
 class Feature(enum.IntFlag):
     """Feature bits negotiated in the handshake: the reply holds the ones both sides have."""
 
-    #: Client-side attribute/lookup cache with daemon-pushed invalidations.
-    #: Reserved: this version of the daemon never offers it.
+    #: Client-side attribute/lookup cache with daemon-pushed invalidations,
+    #: granted when the daemon runs with --enable-client-cache.
     CLIENT_CACHE = 0x1
 
 
-SUPPORTED_FEATURES = Feature(0)
+SUPPORTED_FEATURES = Feature.CLIENT_CACHE
 
 
 class EventKind(enum.IntEnum):
     #: The daemon is about to close the connection: payload ``[errno, message]``.
     GOODBYE = 1
+    #: Drop cached answers depending on any of these: payload ``[dep, ...]``.
+    INVALIDATE = 2
 
 
 class Op(enum.IntEnum):
@@ -252,9 +257,11 @@ class Request:
 class Reply:
     id: int
     errno: int = 0
-    #: The op's result when ``errno`` is 0, else a message string.
+    #: The op's result when ``errno`` is 0, else ``[message, ErrorSource]``.
     result: Any = None
     data: bytes | bytearray | memoryview = b""
+    #: For a cacheable answer (CLIENT_CACHE): ``[deadline, [dep, ...]]``.
+    meta: Any = None
 
     def __post_init__(self) -> None:
         if not _is_u32(self.id):
@@ -289,6 +296,8 @@ def encode(message: Message, max_data: int = DATA_CEILING) -> list[bytes | bytea
         data = message.data
     elif isinstance(message, Reply):
         body = [MsgType.REPLY, message.id, message.errno, message.result]
+        if message.meta is not None:
+            body.append(message.meta)
         data = message.data
     elif isinstance(message, Event):
         body = [MsgType.EVENT, int(message.kind), message.payload]
@@ -348,11 +357,11 @@ def decode_body(body: bytes | bytearray | memoryview,
         if not isinstance(args, list):
             raise RequestError("request args must be an array", request_id=rid)
         return Request(rid, op, args, data)
-    if kind == MsgType.REPLY and len(obj) == 4:
-        _, rid, err, result = obj
+    if kind == MsgType.REPLY and len(obj) in (4, 5):
+        rid, err, result = obj[1], obj[2], obj[3]
         if not _is_u32(rid) or type(err) is not int or err < 0:
             raise FrameError("reply needs a u32 id and a non-negative errno")
-        return Reply(rid, err, result, data)
+        return Reply(rid, err, result, data, obj[4] if len(obj) == 5 else None)
     if kind == MsgType.EVENT and len(obj) == 3:
         if type(obj[1]) is not int:
             raise FrameError("event kind must be an integer")
@@ -410,8 +419,11 @@ class FrameDecoder:
 # handshake
 
 
-def hello_request(rid: int, features: Feature) -> Request:
-    return Request(rid, Op.HELLO, [MAGIC, PROTOCOL_VERSION, int(features)])
+def hello_request(rid: int, features: Feature, options: dict | None = None) -> Request:
+    args: list = [MAGIC, PROTOCOL_VERSION, int(features)]
+    if options:
+        args.append(options)
+    return Request(rid, Op.HELLO, args)
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,19 +438,24 @@ class ServerHello:
     server: str
     #: (major, minor, extra) of the daemon's libcephfs: what version() answers.
     ceph_version: tuple[int, int, int]
+    #: With CLIENT_CACHE: {"entries": int, "ttl": float} (a shared page comes along).
+    cache: dict | None = None
 
     def to_wire(self) -> dict:
-        return {"version": self.version, "features": int(self.features),
+        wire = {"version": self.version, "features": int(self.features),
                 "max_body": self.max_body, "max_data": self.max_data,
                 "session": self.session, "server": self.server,
                 "ceph_version": list(self.ceph_version)}
+        if self.cache is not None:
+            wire["cache"] = self.cache
+        return wire
 
     @classmethod
     def from_wire(cls, obj: Any) -> ServerHello:
         try:
             hello = cls(int(obj["version"]), Feature(obj["features"]), int(obj["max_body"]),
                         int(obj["max_data"]), int(obj["session"]), str(obj["server"]),
-                        _version_triple(obj["ceph_version"]))
+                        _version_triple(obj["ceph_version"]), obj.get("cache"))
         except (TypeError, KeyError, ValueError) as exc:
             raise RemoteProtocolError(f"malformed HELLO reply: {obj!r}") from exc
         if not 0 < hello.max_data <= DATA_CEILING or not 0 < hello.max_body <= MAX_BODY:
@@ -451,18 +468,27 @@ def _version_triple(value: Any) -> tuple[int, int, int]:
     return major, minor, extra
 
 
-def check_hello(args: list) -> Feature:
-    """Validate HELLO arguments from a client; return the features it asks for."""
-    if len(args) != 3 or args[0] != MAGIC:
-        raise RequestError(f"HELLO takes [{MAGIC!r}, version, features]", _errno.EPROTO)
+#: HELLO options a client may send, and their kinds.
+HELLO_OPTIONS = {"cache_entries": int}
+
+
+def check_hello(args: list) -> tuple[Feature, dict]:
+    """Validate HELLO arguments from a client: (features it asks for, options)."""
+    if len(args) not in (3, 4) or args[0] != MAGIC:
+        raise RequestError(f"HELLO takes [{MAGIC!r}, version, features, options?]",
+                           _errno.EPROTO)
     version, features = args[1], args[2]
+    options = args[3] if len(args) == 4 else {}
+    if not isinstance(options, dict) or any(
+            type(options.get(k, kind())) is not kind for k, kind in HELLO_OPTIONS.items()):
+        raise RequestError("HELLO options must be a map of known options", _errno.EPROTO)
     if type(version) is not int or type(features) is not int or features < 0:
         raise RequestError("HELLO version and features must be non-negative integers",
                            _errno.EPROTO)
     if version != PROTOCOL_VERSION:
         raise RequestError(f"protocol version {version} is not supported "
                            f"(this daemon speaks {PROTOCOL_VERSION})", _errno.EPROTONOSUPPORT)
-    return Feature(features) & SUPPORTED_FEATURES
+    return Feature(features) & SUPPORTED_FEATURES, options
 
 
 # --------------------------------------------------------------------------

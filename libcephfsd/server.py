@@ -28,6 +28,7 @@ from typing import Any
 
 from . import __version__
 from .backend import CephBackend
+from .coherence import Coherence
 from .mounts import MountRegistry
 from .peer import peer_of
 from .protocol import (DEFAULT_MAX_DATA, ErrorSource, Event, EventKind, FrameError, Reply,
@@ -52,14 +53,17 @@ class Server:
 
     def __init__(self, socket_path: str, *, socket_mode: int = 0o660,
                  max_data: int = DEFAULT_MAX_DATA, private_dir: str,
-                 shutdown_timeout: float = 30.0, backend: CephBackend | None = None):
+                 shutdown_timeout: float = 30.0, backend: CephBackend | None = None,
+                 coherence: Coherence | None = None):
         self.socket_path = socket_path
         self.socket_mode = socket_mode
         self.max_data = max_data
         self.shutdown_timeout = shutdown_timeout
         self.private_dir = private_dir
         self.backend = backend or CephBackend()
-        self.mounts = MountRegistry()
+        #: Client caches and their invalidation, when enabled (--enable-client-cache).
+        self.coherence = coherence
+        self.mounts = MountRegistry(coherence)
         self.uid = os.getuid()
         self.version = __version__
         self.started = time.time()
@@ -203,6 +207,11 @@ class Server:
             "server": f"libcephfsd {__version__}", "pid": os.getpid(),
             "uptime": time.time() - self.started,
             "sessions": sessions, "mounts": mounts,
+            "cache": None if self.coherence is None else {
+                "ttl": self.coherence.ttl, "max_entries": self.coherence.max_entries,
+                "filesystems": [t.stats() for t in self.coherence.trackers()],
+                "clients_timed_out": sum(s["cache"]["timed_out"] for s in sessions
+                                         if s.get("cache"))},
             "totals": {"sessions": len(sessions), "mounts": len(mounts),
                        "open_files": sum(s["open_files"] for s in sessions),
                        "open_dirs": sum(s["open_dirs"] for s in sessions)},
@@ -235,12 +244,19 @@ class _Connection:
                 try:
                     request = transport.receive()
                 except RequestError as exc:
-                    transport.send(Reply(exc.request_id, exc.errno,
-                                         [str(exc), ErrorSource.DAEMON]))
+                    with session.send_lock:
+                        transport.send(Reply(exc.request_id, exc.errno,
+                                             [str(exc), ErrorSource.DAEMON]))
                     continue
                 if type(request) is not Request:
                     raise FrameError(f"a client may only send requests, not {request!r}")
-                transport.send(session.handle(request))
+                reply = session.handle(request)
+                with session.send_lock:
+                    if session.fds_to_send:
+                        fds, session.fds_to_send = session.fds_to_send, []
+                        transport.send(reply, fds)
+                    else:
+                        transport.send(reply)
         except ConnectionClosed as exc:
             if not exc.clean:
                 reason = "closed by client mid-frame"
@@ -248,7 +264,8 @@ class _Connection:
             reason = f"protocol error: {exc}"
             log.warning("%r: %s; closing the connection", session, exc)
             try:
-                transport.send(Event(EventKind.GOODBYE, [exc.errno, str(exc)]))
+                with session.send_lock:
+                    transport.send(Event(EventKind.GOODBYE, [exc.errno, str(exc)]))
             except OSError:
                 pass
         except OSError as exc:

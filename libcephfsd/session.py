@@ -12,16 +12,20 @@ checked against the session's own tables.
 from __future__ import annotations
 
 import calendar
+import contextlib
 import errno
 import logging
+import os
 import stat as stat_mod
+import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from . import protocol
+from .coherence import NegativeLookup, Notifier, walk
 from .mounts import ConfigError, MountConfig, SharedMount
 from .peer import Peer
-from .protocol import ErrorSource, Op, Reply, Request, RequestError, ServerHello
+from .protocol import ErrorSource, Feature, Op, Reply, Request, RequestError, ServerHello
 
 if TYPE_CHECKING:
     from .server import Server
@@ -59,6 +63,21 @@ class WithData:
         self.data = data
 
 
+class Cacheable:
+    """A handler result the client may cache: value, deadline, dependencies."""
+
+    __slots__ = ("result", "deadline", "deps")
+
+    def __init__(self, result: Any, deadline: float, deps: list):
+        self.result = result
+        self.deadline = deadline
+        self.deps = deps
+
+
+def _meta(deadline: float, deps: list) -> list:
+    return [deadline, [list(d) if isinstance(d, tuple) else d for d in deps]]
+
+
 class _Timestamp(float):
     """Seconds since the epoch, for the binding's setattrx, which calls ``.timestamp()``.
 
@@ -79,6 +98,13 @@ def _stat_list(st: Any) -> list:
     return [st.st_dev, st.st_ino, st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev,
             st.st_size, st.st_blksize, st.st_blocks,
             _seconds(st.st_atime), _seconds(st.st_mtime), _seconds(st.st_ctime)]
+
+
+def _statx_wire(result: dict) -> dict:
+    for key in ("atime", "mtime", "ctime", "btime"):
+        if key in result:
+            result[key] = _seconds(result[key])
+    return result
 
 
 def _stx_in(stx: dict) -> dict:
@@ -103,7 +129,14 @@ class Session:
         self.mount: SharedMount | None = None
         self.cwd = b"/"
         self.umask = DEFAULT_UMASK
-        self.files: set[int] = set()
+        #: open fds -> inode number (None until a cache invalidation needed it)
+        self.files: dict[int, int | None] = {}
+        #: guards writes to this session's socket: its own replies, and
+        #: invalidation events other sessions' threads push to it
+        self.send_lock = threading.Lock()
+        #: the cache channel, when the client was granted CLIENT_CACHE
+        self.notifier: Notifier | None = None
+        self.fds_to_send: list[int] = []
         self.dirs: dict[int, Any] = {}
         self._next_dir = 1
         self.calls = 0
@@ -128,7 +161,20 @@ class Session:
                 "state": self.state, "mount": mount.id if mount else None,
                 "cwd": self.cwd.decode(errors="replace"), "open_files": len(self.files),
                 "open_dirs": len(self.dirs), "calls": self.calls,
-                "connected_at": self.connected_at}
+                "connected_at": self.connected_at,
+                "cache": self._cache_stats()}
+
+    def _cache_stats(self) -> dict | None:
+        notifier = self.notifier
+        if notifier is None:
+            return None
+        try:
+            stats = notifier.client_stats()
+            stats.update(sent=int(notifier.page[0]), epoch=int(notifier.page[1]),
+                         timed_out=notifier.timed_out)
+            return stats
+        except ValueError:  # closed under us
+            return None
 
     # -- dispatch -----------------------------------------------------------
 
@@ -149,9 +195,16 @@ class Session:
                 result = handler(self, request.data, *args)
             else:
                 result = handler(self, *args)
-            if type(result) is WithData:
+            kind = type(result)
+            if kind is WithData:
                 return Reply(rid, 0, result.result, result.data)
+            if kind is Cacheable:
+                return Reply(rid, 0, result.result, b"", _meta(result.deadline, result.deps))
             return Reply(rid, 0, result)
+        except NegativeLookup as exc:
+            deadline = self._register(exc.deps, exc.seq0) if hasattr(exc, "seq0") else None
+            return Reply(rid, exc.errno, [str(exc), ErrorSource.CEPHFS], b"",
+                         _meta(deadline, exc.deps) if deadline is not None else None)
         except SessionError as exc:
             return Reply(rid, exc.errno, [str(exc), exc.source])
         except (RequestError, ConfigError) as exc:
@@ -160,6 +213,8 @@ class Session:
             known = self.server.backend.error_of(exc)
             if known is not None:
                 return Reply(rid, known[0], [known[1], ErrorSource.CEPHFS])
+            if type(exc) is OSError and exc.errno:    # raised by the daemon's own walk
+                return Reply(rid, exc.errno, [exc.strerror or str(exc), ErrorSource.CEPHFS])
             if isinstance(exc, (TypeError, ValueError, OverflowError, KeyError)):
                 return Reply(rid, errno.EINVAL, [f"invalid argument: {exc}", ErrorSource.DAEMON])
             log.exception("%r: %s failed unexpectedly", self, _op_name(request.op))
@@ -167,14 +222,107 @@ class Session:
                                           ErrorSource.DAEMON])
 
     def _hello(self, args: list) -> dict:
-        features = protocol.check_hello(args)
+        features, options = protocol.check_hello(args)
+        cache = None
+        coherence = self.server.coherence
+        if Feature.CLIENT_CACHE in features and coherence is not None and self.transport:
+            entries = max(1, min(options.get("cache_entries", coherence.max_entries),
+                                 coherence.max_entries))
+            self.notifier = Notifier(self.transport.sock, self.send_lock, self.id,
+                                     max_deps=entries * 16)
+            self.fds_to_send = [self.notifier.fd_for_client()]
+            cache = {"entries": entries, "ttl": coherence.ttl}
+        else:
+            features &= ~Feature.CLIENT_CACHE
         self.greeted = True
         if self.transport is not None:
             # Until now the client could send no data section at all.
             self.transport.max_data_in = self.server.max_data
         return ServerHello(protocol.PROTOCOL_VERSION, features, protocol.MAX_BODY,
                            self.server.max_data, self.id, f"libcephfsd {self.server.version}",
-                           self.server.backend.version).to_wire()
+                           self.server.backend.version, cache).to_wire()
+
+    # -- cache coherence ------------------------------------------------------------
+
+    def _tracker(self) -> Any:
+        mount = self.mount
+        return mount.tracker if mount is not None else None
+
+    def _caching(self) -> Any:
+        """The tracker to register fills with, if this session's answers may be cached."""
+        return self._tracker() if self.notifier is not None else None
+
+    def _register(self, deps: list, seq0: int) -> float | None:
+        tracker = self._tracker()
+        if tracker is None or self.notifier is None:
+            return None
+        return tracker.register(self.notifier, deps, seq0)
+
+    def _cached_walk(self, path: bytes, follow: bool) -> tuple[Any, bytes, list, int]:
+        """walk() for a cacheable answer; a miss becomes a cacheable NegativeLookup."""
+        tracker = self._tracker()
+        seq0 = tracker.begin()
+        try:
+            st, canonical, deps = walk(self._fs(), path, follow)
+        except NegativeLookup as exc:
+            exc.seq0 = seq0  # type: ignore[attr-defined]
+            raise
+        return st, canonical, deps, seq0
+
+    @contextlib.contextmanager
+    def _changing(self, deps_of: Callable[[], list | None]) -> Iterator[None]:
+        """Wrap a mutation: find what it changes first, invalidate it after.
+
+        When no cache on the filesystem holds anything, the deps are not
+        looked up; a blind invalidation still refuses racing fills.
+        """
+        tracker = self._tracker()
+        if tracker is None:
+            yield
+            return
+        deps = None
+        if tracker.active():
+            try:
+                deps = deps_of()
+            except Exception:
+                deps = None
+        try:
+            yield
+        finally:
+            if deps is None:
+                tracker.blind()
+            else:
+                tracker.invalidate(deps)
+
+    def _entry_deps(self, path: bytes) -> list:
+        """What changes with the directory entry at *path*: the entry, its
+        directory, the object it names (and a directory's '..')."""
+        fs = self._fs()
+        trimmed = path.rstrip(b"/") or b"/"
+        parent, _, name = trimmed.rpartition(b"/")
+        if name in (b"", b".", b".."):
+            raise ValueError("no single entry")
+        pino = fs.stat(parent or b"/").st_ino
+        deps: list = [(pino, name), pino]
+        try:
+            st = fs.stat(trimmed, follow_symlink=False)
+        except Exception as exc:
+            if getattr(exc, "errno", None) != errno.ENOENT:
+                raise
+        else:
+            deps.append(st.st_ino)
+            if stat_mod.S_ISDIR(st.st_mode):
+                deps.append((st.st_ino, b".."))
+        return deps
+
+    def _inode_deps(self, path: bytes, follow: bool = True) -> list:
+        return [self._fs().stat(path, follow_symlink=follow).st_ino]
+
+    def _fd_deps(self, fd: int) -> list:
+        ino = self.files.get(fd)
+        if ino is None:
+            ino = self.files[fd] = self._fs().fstat(fd).st_ino
+        return [ino]
 
     # -- helpers --------------------------------------------------------------
 
@@ -223,6 +371,8 @@ class Session:
         mount, self.mount = self.mount, None
         if mount is None:
             return
+        if self.notifier is not None and mount.tracker is not None:
+            mount.tracker.forget(self.notifier)
         fs = mount.fs
         for fd in list(self.files):
             try:
@@ -245,6 +395,12 @@ class Session:
         if self.config is not None:
             self.config.discard()
             self.config = None
+        if self.notifier is not None:
+            for tracker in self.server.coherence.trackers() if self.server.coherence else ():
+                tracker.forget(self.notifier)
+            with self.send_lock:
+                self.notifier.close()
+            self.notifier = None
 
     # -- connection and status ---------------------------------------------------
 
@@ -328,13 +484,14 @@ class Session:
 
     # -- per-session state -----------------------------------------------------
 
-    def op_chdir(self, path: bytes) -> None:
+    def op_chdir(self, path: bytes) -> bytes:
         fs = self._fs()
         target = self._resolve(fs, self._path(path))
         if not stat_mod.S_ISDIR(fs.stat(target).st_mode):
             raise SessionError(errno.ENOTDIR, f"chdir: {target.decode(errors='replace')} "
                                "is not a directory", ErrorSource.CEPHFS)
         self.cwd = target
+        return target
 
     def _resolve(self, fs: Any, path: bytes) -> bytes:
         """*path* (absolute) with every symlink and '..' resolved, as a walk would.
@@ -383,35 +540,57 @@ class Session:
 
     # -- metadata by path ----------------------------------------------------------
 
-    def op_stat(self, path: bytes, follow: bool) -> list:
-        return _stat_list(self._fs().stat(self._path(path), follow_symlink=follow))
+    def op_stat(self, path: bytes, follow: bool) -> Any:
+        if self._caching() is None:
+            return _stat_list(self._fs().stat(self._path(path), follow_symlink=follow))
+        st, _, deps, seq0 = self._cached_walk(self._path(path), follow)
+        return self._answer(_stat_list(st), deps, seq0)
 
-    def op_statx(self, path: bytes, mask: int, flag: int) -> dict:
-        result = self._fs().statx(self._path(path), mask, flag)
-        for key in ("atime", "mtime", "ctime", "btime"):
-            if key in result:
-                result[key] = _seconds(result[key])
-        return result
+    def _answer(self, result: Any, deps: list, seq0: int) -> Any:
+        deadline = self._register(deps, seq0)
+        return result if deadline is None else Cacheable(result, deadline, deps)
+
+    def op_statx(self, path: bytes, mask: int, flag: int) -> Any:
+        fs = self._fs()
+        if self._caching() is None or flag & protocol.AT_STATX_FORCE_SYNC:
+            return _statx_wire(fs.statx(self._path(path), mask, flag))
+        _, canonical, deps, seq0 = self._cached_walk(
+            self._path(path), not flag & protocol.AT_SYMLINK_NOFOLLOW)
+        result = _statx_wire(fs.statx(canonical, mask, flag | protocol.AT_SYMLINK_NOFOLLOW))
+        return self._answer(result, deps, seq0)
 
     def op_setattrx(self, path: bytes, stx: dict, mask: int, flags: int) -> None:
-        self._fs().setattrx(self._path(path), _stx_in(stx), mask, flags)
+        p = self._path(path)
+        follow = not flags & protocol.AT_SYMLINK_NOFOLLOW
+        with self._changing(lambda: self._inode_deps(p, follow)):
+            self._fs().setattrx(p, _stx_in(stx), mask, flags)
 
     def op_chmod(self, path: bytes, mode: int) -> None:
-        self._fs().chmod(self._path(path), mode)
+        p = self._path(path)
+        with self._changing(lambda: self._inode_deps(p)):
+            self._fs().chmod(p, mode)
 
     def op_lchmod(self, path: bytes, mode: int) -> None:
-        self._fs().lchmod(self._path(path), mode)
+        p = self._path(path)
+        with self._changing(lambda: self._inode_deps(p, False)):
+            self._fs().lchmod(p, mode)
 
     def op_chown(self, path: bytes, uid: int, gid: int, follow: bool) -> None:
-        self._fs().chown(self._path(path), uid, gid, follow_symlink=follow)
+        p = self._path(path)
+        with self._changing(lambda: self._inode_deps(p, follow)):
+            self._fs().chown(p, uid, gid, follow_symlink=follow)
 
     def op_utime(self, path: bytes, times: tuple | None) -> None:
         if times is not None and not all(type(t) is int for t in times):
             raise SessionError(errno.EINVAL, "UTIME times must be integers")
-        self._fs().utime(self._path(path), times)
+        p = self._path(path)
+        with self._changing(lambda: self._inode_deps(p)):
+            self._fs().utime(p, times)
 
     def op_utimes(self, path: bytes, times: tuple | None, follow: bool) -> None:
-        self._fs().utimes(self._path(path), times, follow_symlink=follow)
+        p = self._path(path)
+        with self._changing(lambda: self._inode_deps(p, follow)):
+            self._fs().utimes(p, times, follow_symlink=follow)
 
     def op_statfs(self, path: bytes) -> dict:
         return self._fs().statfs(self._path(path))
@@ -419,45 +598,81 @@ class Session:
     # -- namespace -------------------------------------------------------------------
 
     def op_mkdir(self, path: bytes, mode: int) -> None:
-        self._fs().mkdir(self._path(path), mode)
+        p = self._path(path)
+        with self._changing(lambda: self._entry_deps(p)):
+            self._fs().mkdir(p, mode)
 
     def op_mkdirs(self, path: bytes, mode: int) -> None:
-        self._fs().mkdirs(self._path(path), mode)
+        p = self._path(path)
+        with self._changing(lambda: self._prefix_deps(p)):
+            self._fs().mkdirs(p, mode)
+
+    def _prefix_deps(self, path: bytes) -> list:
+        """Entries mkdirs may create: every prefix of *path*."""
+        deps: list = []
+        parts = [c for c in path.split(b"/") if c]
+        for i in range(1, len(parts) + 1):
+            deps.extend(self._entry_deps(b"/" + b"/".join(parts[:i])))
+        return deps
 
     def op_rmdir(self, path: bytes) -> None:
-        self._fs().rmdir(self._path(path))
+        p = self._path(path)
+        with self._changing(lambda: self._entry_deps(p)):
+            self._fs().rmdir(p)
 
     def op_unlink(self, path: bytes) -> None:
-        self._fs().unlink(self._path(path))
+        p = self._path(path)
+        with self._changing(lambda: self._entry_deps(p)):
+            self._fs().unlink(p)
 
     def op_rename(self, src: bytes, dst: bytes) -> None:
-        self._fs().rename(self._path(src), self._path(dst))
+        s, d = self._path(src), self._path(dst)
+        with self._changing(lambda: self._entry_deps(s) + self._entry_deps(d)):
+            self._fs().rename(s, d)
 
     def op_link(self, existing: bytes, newname: bytes) -> None:
-        self._fs().link(self._path(existing), self._path(newname))
+        e, n = self._path(existing), self._path(newname)
+        with self._changing(lambda: self._inode_deps(e, False) + self._entry_deps(n)):
+            self._fs().link(e, n)
 
     def op_symlink(self, target: bytes, newname: bytes) -> None:
         # The target is stored as given: it is resolved when the link is followed.
-        self._fs().symlink(target, self._path(newname))
+        n = self._path(newname)
+        with self._changing(lambda: self._entry_deps(n)):
+            self._fs().symlink(target, n)
 
-    def op_readlink(self, path: bytes, size: int) -> bytes:
-        return self._fs().readlink(self._path(path), min(size, protocol.PATH_MAX))
+    def op_readlink(self, path: bytes, size: int) -> Any:
+        size = min(size, protocol.PATH_MAX)
+        if self._caching() is None:
+            return self._fs().readlink(self._path(path), size)
+        _, canonical, deps, seq0 = self._cached_walk(self._path(path), False)
+        target = self._fs().readlink(canonical, protocol.PATH_MAX)
+        if len(target) > size:
+            return target[:size]
+        return self._answer(target, deps, seq0)
 
     def op_mknod(self, path: bytes, mode: int, rdev: int) -> None:
-        self._fs().mknod(self._path(path), mode, rdev)
+        p = self._path(path)
+        with self._changing(lambda: self._entry_deps(p)):
+            self._fs().mknod(p, mode, rdev)
 
     # -- open files --------------------------------------------------------------------
 
     def op_open(self, path: bytes, flags: int, mode: int) -> int:
-        fd = self._fs().open(self._path(path), flags, mode)
-        self.files.add(fd)
+        p = self._path(path)
+        if flags & (os.O_CREAT | os.O_TRUNC):
+            with self._changing(lambda: self._entry_deps(p)):
+                fd = self._fs().open(p, flags, mode)
+        else:
+            fd = self._fs().open(p, flags, mode)
+        self.files[fd] = None
         return fd
 
     def op_close(self, fd: int) -> None:
         fs = self._fs()
         self._fd(fd)
         # The fd is gone after close() whatever it returns, as with close(2).
-        self.files.discard(fd)
+        del self.files[fd]
         fs.close(fd)
 
     def op_read(self, fd: int, offset: int, length: int) -> WithData:
@@ -469,7 +684,8 @@ class Session:
         fs = self._fs()
         if type(data) is not bytes:  # the binding takes bytes only
             data = bytes(data)
-        return fs.write(self._fd(fd), data, offset)
+        with self._changing(lambda: self._fd_deps(fd)):
+            return fs.write(self._fd(fd), data, offset)
 
     def op_preadv(self, fd: int, lengths: list[int], offset: int) -> WithData:
         self._check_io_size(sum(lengths))
@@ -487,7 +703,8 @@ class Session:
         for n in lengths:
             buffers.append(bytes(view[pos:pos + n]))
             pos += n
-        return self._fs().pwritev(self._fd(fd), buffers, offset)
+        with self._changing(lambda: self._fd_deps(fd)):
+            return self._fs().pwritev(self._fd(fd), buffers, offset)
 
     def _check_io_size(self, length: int) -> None:
         if length > self.server.max_data:
@@ -500,31 +717,43 @@ class Session:
     def op_fsync(self, fd: int, syncdataonly: int) -> None:
         self._fs().fsync(self._fd(fd), syncdataonly)
 
-    def op_fstat(self, fd: int) -> list:
-        return _stat_list(self._fs().fstat(self._fd(fd)))
+    def op_fstat(self, fd: int) -> Any:
+        tracker = self._caching()
+        seq0 = tracker.begin() if tracker is not None else 0
+        st = self._fs().fstat(self._fd(fd))
+        self.files[fd] = st.st_ino
+        if tracker is None:
+            return _stat_list(st)
+        return self._answer(_stat_list(st), [st.st_ino], seq0)
+
+    def _fd_change(self, fd: int, call: Callable[..., Any], *args: Any) -> Any:
+        """A change of an open file's inode (attributes, size, xattrs)."""
+        self._fd(fd)
+        with self._changing(lambda: self._fd_deps(fd)):
+            return call(fd, *args)
 
     def op_fsetattrx(self, fd: int, stx: dict, mask: int) -> None:
-        self._fs().fsetattrx(self._fd(fd), _stx_in(stx), mask)
+        self._fd_change(fd, self._fs().fsetattrx, _stx_in(stx), mask)
 
     def op_fchmod(self, fd: int, mode: int) -> None:
-        self._fs().fchmod(self._fd(fd), mode)
+        self._fd_change(fd, self._fs().fchmod, mode)
 
     def op_fchown(self, fd: int, uid: int, gid: int) -> None:
-        self._fs().fchown(self._fd(fd), uid, gid)
+        self._fd_change(fd, self._fs().fchown, uid, gid)
 
     def op_futime(self, fd: int, times: tuple | None) -> None:
         if times is not None and not all(type(t) is int for t in times):
             raise SessionError(errno.EINVAL, "FUTIME times must be integers")
-        self._fs().futime(self._fd(fd), times)
+        self._fd_change(fd, self._fs().futime, times)
 
     def op_futimes(self, fd: int, times: tuple | None) -> None:
-        self._fs().futimes(self._fd(fd), times)
+        self._fd_change(fd, self._fs().futimes, times)
 
     def op_futimens(self, fd: int, times: tuple | None) -> None:
-        self._fs().futimens(self._fd(fd), times)
+        self._fd_change(fd, self._fs().futimens, times)
 
     def op_fallocate(self, fd: int, offset: int, length: int, mode: int) -> None:
-        self._fs().fallocate(self._fd(fd), offset, length, mode)
+        self._fd_change(fd, self._fs().fallocate, offset, length, mode)
 
     def op_flock(self, fd: int, operation: int, owner: int) -> int:
         return self._fs().flock(self._fd(fd), operation, owner)
@@ -590,10 +819,12 @@ class Session:
 
     def op_setxattr(self, path: bytes, name: bytes, value: bytes, flags: int,
                     follow: bool) -> None:
-        self._fs().setxattr(self._path(path), name, value, flags, follow_symlink=follow)
+        p = self._path(path)
+        with self._changing(lambda: self._inode_deps(p, follow)):
+            self._fs().setxattr(p, name, value, flags, follow_symlink=follow)
 
     def op_fsetxattr(self, fd: int, name: bytes, value: bytes, flags: int) -> None:
-        self._fs().fsetxattr(self._fd(fd), name, value, flags)
+        self._fd_change(fd, self._fs().fsetxattr, name, value, flags)
 
     def op_listxattr(self, path: bytes, size: int, follow: bool) -> list:
         return list(self._fs().listxattr(self._path(path), min(size, protocol.MAX_XATTR),
@@ -603,10 +834,12 @@ class Session:
         return list(self._fs().flistxattr(self._fd(fd), min(size, protocol.MAX_XATTR)))
 
     def op_removexattr(self, path: bytes, name: bytes, follow: bool) -> None:
-        self._fs().removexattr(self._path(path), name, follow_symlink=follow)
+        p = self._path(path)
+        with self._changing(lambda: self._inode_deps(p, follow)):
+            self._fs().removexattr(p, name, follow_symlink=follow)
 
     def op_fremovexattr(self, fd: int, name: bytes) -> None:
-        self._fs().fremovexattr(self._fd(fd), name)
+        self._fd_change(fd, self._fs().fremovexattr, name)
 
     # -- layout, pools, snapshots, cluster ---------------------------------------------
 
@@ -629,10 +862,23 @@ class Session:
         return self._fs().get_default_pool()
 
     def op_mksnap(self, path: bytes, name: bytes, mode: int, metadata: dict) -> int:
-        return self._fs().mksnap(self._path(path), name, mode, metadata)
+        try:
+            return self._fs().mksnap(self._path(path), name, mode, metadata)
+        finally:
+            self._flush_caches()
 
     def op_rmsnap(self, path: bytes, name: bytes) -> int:
-        return self._fs().rmsnap(self._path(path), name)
+        try:
+            return self._fs().rmsnap(self._path(path), name)
+        finally:
+            self._flush_caches()
+
+    def _flush_caches(self) -> None:
+        # Snapshots change what '.snap' holds under any directory: too broad
+        # to describe by deps, and rare: every cache of the filesystem goes.
+        tracker = self._tracker()
+        if tracker is not None:
+            tracker.flush_all()
 
     def op_snap_info(self, path: bytes) -> dict:
         return self._fs().snap_info(self._path(path))
@@ -655,7 +901,8 @@ class Session:
         return self._fs().get_cap_return_timeout()
 
     def op_mds_command(self, mds_spec: bytes, command: bytes, input_data: bytes) -> list:
-        return list(self._fs().mds_command(mds_spec, command, input_data))
+        with self._changing(lambda: None):
+            return list(self._fs().mds_command(mds_spec, command, input_data))
 
     def op_debug_get_fd_caps(self, fd: int) -> int:
         return self._fs().debug_get_fd_caps(self._fd(fd))

@@ -8,6 +8,7 @@ received straight into a buffer of its own size.
 
 from __future__ import annotations
 
+import array
 import socket
 
 from .protocol import HEADER_SIZE, Message, decode_body, encode, parse_header
@@ -32,7 +33,8 @@ class SocketTransport:
     after the handshake); ``max_data_out`` what we may send.
     """
 
-    __slots__ = ("sock", "max_data_in", "max_data_out", "_buf", "_view", "_start", "_end")
+    __slots__ = ("sock", "max_data_in", "max_data_out", "_buf", "_view", "_start", "_end",
+                 "_fds")
 
     def __init__(self, sock: socket.socket, max_data_in: int, max_data_out: int):
         self.sock = sock
@@ -41,6 +43,9 @@ class SocketTransport:
         self._buf = bytearray(READ_AHEAD)
         self._view = memoryview(self._buf)
         self._start = self._end = 0
+        #: File descriptors received with SCM_RIGHTS, in arrival order; only
+        #: collected by receive(want_fds=True).
+        self._fds: list[int] | None = None
 
     def __repr__(self) -> str:
         return f"<SocketTransport fd={self.sock.fileno()} buffered={self._end - self._start}>"
@@ -55,8 +60,25 @@ class SocketTransport:
         data = self._read(data_len) if data_len else b""
         return decode_body(body, data)
 
-    def send(self, message: Message) -> None:
-        send_buffers(self.sock, encode(message, self.max_data_out))
+    def receive_with_fds(self, max_fds: int = 4) -> tuple[Message, list[int]]:
+        """The next message and any descriptors that came with its bytes."""
+        self._fds = []
+        try:
+            message = self.receive()
+            return message, self._fds
+        finally:
+            self._fds = None
+
+    def send(self, message: Message, fds: list[int] | tuple = ()) -> None:
+        buffers = encode(message, self.max_data_out)
+        if fds:
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+            sent = self.sock.sendmsg(buffers, rights)
+            rest = b"".join(bytes(b) for b in buffers)[sent:]
+            if rest:
+                self.sock.sendall(rest)
+            return
+        send_buffers(self.sock, buffers)
 
     def close(self) -> None:
         try:
@@ -72,10 +94,24 @@ class SocketTransport:
             self._buf[:pending] = self._buf[self._start:self._end]
             self._start, self._end = 0, pending
         while self._end - self._start < need:
-            n = self.sock.recv_into(self._view[self._end:])
+            if self._fds is None:
+                n = self.sock.recv_into(self._view[self._end:])
+            else:
+                n = self._recv_with_fds()
             if n == 0:
                 raise ConnectionClosed(clean_eof and self._end == self._start)
             self._end += n
+
+    def _recv_with_fds(self) -> int:
+        space = socket.CMSG_SPACE(16 * array.array("i").itemsize)
+        n, ancdata, _flags, _addr = self.sock.recvmsg_into([self._view[self._end:]], space)
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+                assert self._fds is not None
+                self._fds.extend(fds)
+        return n
 
     def _read(self, n: int) -> bytes | bytearray:
         available = self._end - self._start

@@ -151,7 +151,13 @@ def test_every_op_but_hello_has_a_schema_or_takes_nothing():
 
 def test_hello_negotiation():
     assert protocol.check_hello([protocol.MAGIC, protocol.PROTOCOL_VERSION, 0xFF]) \
-        == protocol.SUPPORTED_FEATURES
+        == (protocol.SUPPORTED_FEATURES, {})
+    assert protocol.check_hello([protocol.MAGIC, protocol.PROTOCOL_VERSION, 1,
+                                 {"cache_entries": 10}]) == (Feature.CLIENT_CACHE,
+                                                             {"cache_entries": 10})
+    for options in ({"cache_entries": "10"}, [1], {"cache_entries": True}):
+        with pytest.raises(RequestError):
+            protocol.check_hello([protocol.MAGIC, protocol.PROTOCOL_VERSION, 1, options])
     with pytest.raises(RequestError) as info:
         protocol.check_hello([protocol.MAGIC, 99, 0])
     assert info.value.errno == errno.EPROTONOSUPPORT
@@ -159,6 +165,9 @@ def test_hello_negotiation():
         protocol.check_hello(["nope", protocol.PROTOCOL_VERSION, 0])
     hello = ServerHello(1, Feature(0), protocol.MAX_BODY, 1 << 20, 3, "x", (16, 2, 15))
     assert ServerHello.from_wire(hello.to_wire()) == hello
+    cached = ServerHello(1, Feature.CLIENT_CACHE, protocol.MAX_BODY, 1 << 20, 3, "x",
+                         (16, 2, 15), {"entries": 5, "ttl": 1.0})
+    assert ServerHello.from_wire(cached.to_wire()) == cached
     with pytest.raises(protocol.RemoteProtocolError):
         ServerHello.from_wire({**hello.to_wire(), "max_data": 0})
 
