@@ -19,6 +19,7 @@ import mmap
 import os
 import socket
 import threading
+import weakref
 from typing import Any, Callable, Hashable
 
 from libcephfsd import protocol
@@ -32,6 +33,22 @@ from .cache import MISS, MetadataCache
 DEFAULT_SOCKET = "/run/libcephfsd.sock"
 #: Publish cache statistics to the shared page every this many lookups.
 _PUBLISH_EVERY = 256
+
+
+_CONNECTIONS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # The socket and the shared page belong to the parent: a child that read
+    # from either would steal its replies and invalidations.
+    for conn in list(_CONNECTIONS):
+        conn._broken = ("this libcephfs_proxy connection belongs to the parent process; "
+                        "a forked child must create its own LibCephFS")
+        conn._page = None
+        conn.cache = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def cache_settings() -> int | None:
@@ -69,7 +86,6 @@ class Connection:
     def __init__(self, path: str | None = None, cache_entries: int | None = None):
         self.path = path or socket_path()
         self._lock = threading.Lock()
-        self._pid = os.getpid()
         self._next_id = 1
         self._broken: str | None = None
         #: The session's cache, when the daemon granted one.
@@ -81,6 +97,7 @@ class Connection:
         self._lookups = 0
         #: Deps invalidated while a call was waiting for its reply.
         self._invalidated_in_call: set | None = None
+        _CONNECTIONS.add(self)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             sock.connect(self.path)
@@ -253,10 +270,6 @@ class Connection:
         broken = self._broken
         if broken is not None:
             raise DaemonUnavailable(broken)
-        if os.getpid() != self._pid:
-            raise DaemonUnavailable(
-                "this libcephfs_proxy connection belongs to the parent process; "
-                "a forked child must create its own LibCephFS")
         rid = self._next_id
         self._next_id = rid + 1 if rid < 0xFFFFFFFF else 1
         try:

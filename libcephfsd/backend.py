@@ -6,11 +6,13 @@ translation from a :class:`CephBackend`.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import logging
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 _DIST_PACKAGES = "/usr/lib/python3/dist-packages"
 
@@ -26,6 +28,8 @@ except ImportError:  # Debian's python3-cephfs lives outside a virtualenv's path
             "libcephfsd needs Debian's python3-cephfs (apt-get install python3-cephfs); "
             f"it was not found in {_DIST_PACKAGES}") from exc
 
+
+log = logging.getLogger(__name__)
 
 # The binding returns times as naive datetimes from fromtimestamp(seconds) in
 # the process's time zone.  Pinned to UTC, the daemon inverts them exactly
@@ -77,3 +81,105 @@ class CephBackend:
         if isinstance(exc, cephfs.Error):
             return errno.EIO, str(exc)
         return None
+
+
+# -- libcephfs invalidation callbacks ------------------------------------------------
+#
+# The binding exposes neither ceph_ll_register_callbacks nor its mount pointer.
+# The pointer is the C field declared right after ``state`` in the binding's
+# cdef class; it is found by looking for ``state``'s object address at the
+# offsets a Cython object can have there, then confirmed by asking libcephfs
+# for the instance id through it.  Anything else: no callbacks (the TTL still
+# bounds what other clients change).
+
+class _Vino(ctypes.Structure):
+    _fields_ = [("ino", ctypes.c_uint64), ("snapid", ctypes.c_uint64)]
+
+
+_INO_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, _Vino, ctypes.c_int64, ctypes.c_int64)
+_DENTRY_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, _Vino, _Vino, ctypes.c_void_p,
+                              ctypes.c_size_t)
+
+
+class _CallbackArgs(ctypes.Structure):
+    # struct ceph_client_callback_args of the installed libcephfs (16.2.15
+    # ships the trailing ino_release_cb; unused members stay NULL).
+    _fields_ = [("handle", ctypes.c_void_p), ("ino_cb", _INO_CB), ("dentry_cb", _DENTRY_CB),
+                ("switch_intr_cb", ctypes.c_void_p), ("remount_cb", ctypes.c_void_p),
+                ("umask_cb", ctypes.c_void_p), ("ino_release_cb", ctypes.c_void_p)]
+
+
+_libcephfs: Any = None
+
+
+def _lib() -> Any:
+    global _libcephfs
+    if _libcephfs is None:
+        lib = ctypes.CDLL("libcephfs.so.2")
+        lib.ceph_get_instance_id.argtypes = [ctypes.c_void_p]
+        lib.ceph_get_instance_id.restype = ctypes.c_uint64
+        lib.ceph_ll_register_callbacks.argtypes = [ctypes.c_void_p,
+                                                   ctypes.POINTER(_CallbackArgs)]
+        lib.ceph_ll_register_callbacks.restype = None
+        _libcephfs = lib
+    return _libcephfs
+
+
+def mount_pointer(fs: Any) -> int | None:
+    """The ``struct ceph_mount_info *`` of a mounted binding object, or None."""
+    base, state = id(fs), id(fs.state)
+    size = type(fs).__basicsize__
+    word = ctypes.sizeof(ctypes.c_void_p)
+    # PyObject_HEAD is two words; a Cython vtable pointer may follow.
+    for offset in (2 * word, 3 * word):
+        if offset + 2 * word > size:
+            continue
+        if ctypes.c_void_p.from_address(base + offset).value != state:
+            continue
+        pointer = ctypes.c_void_p.from_address(base + offset + word).value
+        if pointer and _lib().ceph_get_instance_id(pointer) == fs.get_instance_id():
+            return pointer
+    return None
+
+
+class InvalidationWatch:
+    """Callbacks registered on one mount; keep it alive as long as the mount."""
+
+    def __init__(self, on_inode: Callable[[int], None],
+                 on_dentry: Callable[[int, int, bytes], None]):
+        def ino_cb(_handle: Any, vino: _Vino, _off: int, _len: int) -> None:
+            try:
+                on_inode(vino.ino)
+            except Exception:  # never raise into libcephfs
+                log.exception("inode invalidation callback failed")
+
+        def dentry_cb(_handle: Any, dirino: _Vino, ino: _Vino, name: int, length: int) -> None:
+            try:
+                on_dentry(dirino.ino, ino.ino, ctypes.string_at(name, length))
+            except Exception:
+                log.exception("dentry invalidation callback failed")
+
+        self._ino_cb = _INO_CB(ino_cb)
+        self._dentry_cb = _DENTRY_CB(dentry_cb)
+        self.args = _CallbackArgs(None, self._ino_cb, self._dentry_cb, None, None, None, None)
+
+
+def watch_invalidations(fs: Any, on_inode: Callable[[int], None],
+                        on_dentry: Callable[[int, int, bytes], None]) -> InvalidationWatch | None:
+    """Register libcephfs's invalidation callbacks on a mounted instance.
+
+    Returns the registration (keep a reference until the mount is shut
+    down), or None when the mount pointer cannot be found safely.
+    """
+    try:
+        pointer = mount_pointer(fs)
+    except OSError as exc:
+        log.warning("cannot load libcephfs for callbacks: %s", exc)
+        return None
+    if pointer is None:
+        log.warning("cannot find the libcephfs mount behind the cephfs binding object; "
+                    "changes by other CephFS clients are bounded by the cache TTL only")
+        return None
+    watch = InvalidationWatch(on_inode, on_dentry)
+    _lib().ceph_ll_register_callbacks(pointer, ctypes.byref(watch.args))
+    return watch

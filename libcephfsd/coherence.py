@@ -61,6 +61,11 @@ CLIENT_STATS_AT = 8           # first u64 slot the client writes
 BUCKETS = 1 << 16
 #: Delivery times kept for the median and worst.
 DELIVERY_SAMPLES = 1024
+#: Longest a changing call waits, in all, for receivers' send locks (held
+#: while their own replies are written).  Past it, a receiver's whole cache
+#: is declared invalid instead: a client that stops reading blocks its own
+#: replies with the lock held, and must not hold up anyone else.
+LOCK_BUDGET = 0.05
 
 
 class Notifier:
@@ -86,11 +91,15 @@ class Notifier:
         """A descriptor of the shared page to pass to the client (SCM_RIGHTS)."""
         return self._memfd
 
-    def notify(self, deps: list[Dep]) -> bool:
-        """Queue an INVALIDATE event without blocking.  False: the client's cache
-        was declared invalid instead (epoch bumped)."""
+    def notify(self, deps: list[Dep], deadline: float) -> bool:
+        """Queue an INVALIDATE event without blocking on the socket, waiting for
+        the send lock until *deadline* (time.monotonic) at most.  False: the
+        client's cache was declared invalid instead (epoch bumped)."""
         frame = encode(Event(EventKind.INVALIDATE, [_dep_to_wire(d) for d in deps]))
-        with self.send_lock:
+        if not self.send_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            self._give_up("its connection is busy sending (a client not reading?)")
+            return False
+        try:
             try:
                 sent = self.sock.sendmsg(frame, [], socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
@@ -103,6 +112,8 @@ class Notifier:
             if sent < total and not self._finish(frame, sent, total):
                 return False
             self.page[SENT] += 1
+        finally:
+            self.send_lock.release()
         return True
 
     def _finish(self, frame: list, sent: int, total: int) -> bool:
@@ -265,8 +276,9 @@ class CacheTracker:
                         mine.pop(dep, None)
                     if deadline > now:
                         targets.setdefault(notifier, []).append(dep)
+        lock_deadline = time.monotonic() + LOCK_BUDGET
         for notifier, its_deps in targets.items():
-            if not notifier.notify(its_deps):
+            if not notifier.notify(its_deps, lock_deadline):
                 self.forget(notifier)
         if targets:
             with self._lock:

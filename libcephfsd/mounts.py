@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backend import CephBackend
+from .backend import CephBackend, watch_invalidations
 from .peer import Peer, read_file_as
 
 log = logging.getLogger(__name__)
@@ -244,6 +244,8 @@ class SharedMount:
     refs: int = 0
     #: The filesystem's cache tracker when client caches are enabled.
     tracker: Any = None
+    #: libcephfs's invalidation callbacks on this mount (kept alive with it).
+    watch: Any = None
     mounted_at: float = field(default_factory=time.time)
     ready: threading.Event = field(default_factory=threading.Event)
 
@@ -313,7 +315,12 @@ class MountRegistry:
             raise
         mount.fs, config.fs = config.fs, None
         if self._coherence is not None:
-            mount.tracker = self._coherence.tracker_for(filesystem_identity(mount.fs))
+            tracker = self._coherence.tracker_for(filesystem_identity(mount.fs))
+            mount.tracker = tracker
+            mount.watch = watch_invalidations(
+                mount.fs, lambda ino: tracker.invalidate([ino], callback=True),
+                lambda parent, ino, name: tracker.invalidate([(parent, name), ino],
+                                                             callback=True))
         mount.ready.set()
         log.info("mounted %r", mount)
         return mount

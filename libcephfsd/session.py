@@ -319,7 +319,8 @@ class Session:
         return [self._fs().stat(path, follow_symlink=follow).st_ino]
 
     def _fd_deps(self, fd: int) -> list:
-        ino = self.files.get(fd)
+        """The inode of an fd this session owns (callers check ownership first)."""
+        ino = self.files[fd]
         if ino is None:
             ino = self.files[fd] = self._fs().fstat(fd).st_ino
         return [ino]
@@ -684,8 +685,9 @@ class Session:
         fs = self._fs()
         if type(data) is not bytes:  # the binding takes bytes only
             data = bytes(data)
+        self._fd(fd)
         with self._changing(lambda: self._fd_deps(fd)):
-            return fs.write(self._fd(fd), data, offset)
+            return fs.write(fd, data, offset)
 
     def op_preadv(self, fd: int, lengths: list[int], offset: int) -> WithData:
         self._check_io_size(sum(lengths))
@@ -703,8 +705,9 @@ class Session:
         for n in lengths:
             buffers.append(bytes(view[pos:pos + n]))
             pos += n
+        self._fd(fd)
         with self._changing(lambda: self._fd_deps(fd)):
-            return self._fs().pwritev(self._fd(fd), buffers, offset)
+            return self._fs().pwritev(fd, buffers, offset)
 
     def _check_io_size(self, length: int) -> None:
         if length > self.server.max_data:

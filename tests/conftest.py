@@ -61,10 +61,16 @@ def direct_fs(ceph_conf: str):
     fs.shutdown()
 
 
-@pytest.fixture(scope="session")
-def daemon(ceph_conf: str):
-    """One libcephfsd shared by the tests that do not need their own."""
-    d = Daemon(os.path.join(public_dir("libcephfsd-test-"), "d.sock"))
+@pytest.fixture(scope="session", params=["plain", "cached"])
+def daemon(request, ceph_conf: str):
+    """One libcephfsd shared by the tests that do not need their own.
+
+    Every test using it runs twice: against a daemon without client caches,
+    and against one with them (clients then answer from their caches
+    whenever they may, which must never change a result).
+    """
+    extra = ["--enable-client-cache"] if request.param == "cached" else []
+    d = Daemon(os.path.join(public_dir(f"libcephfsd-{request.param}-"), "d.sock"), *extra)
     yield d
     code = d.stop()
     assert code == 0, f"libcephfsd exited with {code}:\n{d.log()}"
