@@ -1,0 +1,251 @@
+"""Every kind of change made through the daemon reaches every client cache.
+
+Client ``b`` caches an answer (the test checks it really answers from its
+cache), a change is made through the daemon by another client ``a`` or by
+``b`` itself, and ``b``'s next call must agree with a direct libcephfs client
+that sees the filesystem as it is.  The daemon's cache TTL is 30 s here, so
+an entry that missed its invalidation would still be served: expiry cannot
+hide a bug.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import stat as st
+import subprocess
+import sys
+
+import pytest
+
+import libcephfs_proxy as proxy
+from helpers import NOBODY, REPO, Daemon, public_dir
+from libcephfsd.backend import cephfs
+
+TTL = "30"
+OLD = datetime.datetime(2001, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def cache_daemon(ceph_conf):
+    d = Daemon(os.path.join(public_dir("libcephfsd-coherence-"), "d.sock"),
+               "--enable-client-cache", "--cache-ttl", TTL)
+    yield d
+    assert d.stop() == 0, d.log()
+
+
+@pytest.fixture
+def clients(cache_daemon, ceph_conf, monkeypatch):
+    monkeypatch.setenv("LIBCEPHFSD_SOCKET", cache_daemon.socket_path)
+    made = []
+    for _ in range(2):
+        fs = proxy.LibCephFS(conffile=ceph_conf)
+        fs.mount(filesystem_name="cephfs")
+        assert fs._conn.cache is not None, "the daemon must grant the cache"
+        made.append(fs)
+    yield made
+    for fs in made:
+        fs.shutdown()
+
+
+def view(fs, path: str, how: str):
+    """What a client sees of *path*: comparable across clients."""
+    try:
+        if how == "readlink":
+            return fs.readlink(path, 4096)
+        if how == "xattrs":
+            # CephFS shows no xattr change in stat, and xattrs are not cached:
+            # what there is to see is the xattrs themselves.
+            return fs.listxattr(path)
+        if how == "statx":
+            r = fs.statx(path, 0x1fff, 0)
+            return sorted((k, v) for k, v in r.items() if k != "version")
+        s = fs.lstat(path) if how == "lstat" else fs.stat(path)
+        return (s.st_ino, s.st_mode, s.st_nlink, s.st_uid, s.st_gid, s.st_size,
+                s.st_mtime, s.st_ctime)
+    except (proxy.OSError, cephfs.OSError) as exc:
+        return ("error", exc.errno)
+
+
+def assert_cached(fs, path: str, how: str) -> None:
+    view(fs, path, how)
+    hits = fs._conn.cache.stats.hits
+    view(fs, path, how)
+    assert fs._conn.cache.stats.hits == hits + 1, f"{how} {path} was not answered from cache"
+
+
+def make_file(direct, path: str, data: bytes = b"0123456789") -> None:
+    fd = direct.open(path, "w", 0o644)
+    direct.write(fd, data, 0)
+    direct.close(fd)
+    # An old ctime, so that any change (even of an xattr) shows in stat.
+    direct.setattrx(path, {"ctime": OLD, "mtime": OLD}, cephfs.CEPH_SETATTR_CTIME |
+                    cephfs.CEPH_SETATTR_MTIME, cephfs.AT_SYMLINK_NOFOLLOW)
+
+
+def with_fd(path: str, flags: str, fn):
+    def change(fs):
+        fd = fs.open(path, flags, 0o644)
+        try:
+            fn(fs, fd)
+        finally:
+            fs.close(fd)
+    return change
+
+
+T = datetime.datetime(2020, 5, 6, 7, 8, 9)
+# name -> (what b looks at: (relative path, how), the change, by fd?)
+CHANGES = {
+    "write": ("f", "stat", lambda p: with_fd(p("f"), "r+", lambda fs, fd: fs.write(fd, b"x" * 20, 0))),
+    "pwritev": ("f", "stat", lambda p: with_fd(p("f"), "r+",
+                                               lambda fs, fd: fs.pwritev(fd, [b"ab", b"c" * 30], 5))),
+    "truncate": ("f", "stat", lambda p: lambda fs: fs.truncate(p("f"), 3)),
+    "ftruncate": ("f", "statx", lambda p: with_fd(p("f"), "r+", lambda fs, fd: fs.ftruncate(fd, 4))),
+    "fallocate": ("f", "stat", lambda p: with_fd(p("f"), "r+",
+                                                 lambda fs, fd: fs.fallocate(fd, 0, 50000))),
+    "chmod": ("f", "stat", lambda p: lambda fs: fs.chmod(p("f"), 0o600)),
+    "fchmod": ("f", "stat", lambda p: with_fd(p("f"), "r", lambda fs, fd: fs.fchmod(fd, 0o640))),
+    "lchmod": ("link", "lstat", lambda p: lambda fs: fs.lchmod(p("link"), 0o700)),
+    "chown": ("f", "stat", lambda p: lambda fs: fs.chown(p("f"), 1234, 5678)),
+    "fchown": ("f", "stat", lambda p: with_fd(p("f"), "r", lambda fs, fd: fs.fchown(fd, 7, 8))),
+    "lchown": ("link", "lstat", lambda p: lambda fs: fs.lchown(p("link"), 9, 10)),
+    "utime": ("f", "stat", lambda p: lambda fs: fs.utime(p("f"), (1000, 2000))),
+    "utimes": ("f", "statx", lambda p: lambda fs: fs.utimes(p("f"), (3000.5, 4000.5))),
+    "lutimes": ("link", "lstat", lambda p: lambda fs: fs.lutimes(p("link"), (5000, 6000))),
+    "futime": ("f", "stat", lambda p: with_fd(p("f"), "r", lambda fs, fd: fs.futime(fd, (7, 8)))),
+    "futimes": ("f", "stat", lambda p: with_fd(p("f"), "r", lambda fs, fd: fs.futimes(fd, (9, 10)))),
+    "futimens": ("f", "stat", lambda p: with_fd(p("f"), "r",
+                                                lambda fs, fd: fs.futimens(fd, (11, 12)))),
+    "setattrx": ("f", "stat", lambda p: lambda fs: fs.setattrx(
+        p("f"), {"mode": 0o604, "mtime": T}, proxy.CEPH_SETATTR_MODE | proxy.CEPH_SETATTR_MTIME, 0)),
+    "fsetattrx": ("f", "stat", lambda p: with_fd(p("f"), "r", lambda fs, fd: fs.fsetattrx(
+        fd, {"uid": 77}, proxy.CEPH_SETATTR_UID))),
+    "setxattr": ("f", "xattrs", lambda p: lambda fs: fs.setxattr(p("f"), "user.k", b"v", 0)),
+    "fsetxattr": ("f", "xattrs", lambda p: with_fd(p("f"), "r",
+                                                 lambda fs, fd: fs.fsetxattr(fd, "user.k", b"v", 0))),
+    "removexattr": ("x", "xattrs", lambda p: lambda fs: fs.removexattr(p("x"), "user.old")),
+    "fremovexattr": ("x", "xattrs", lambda p: with_fd(p("x"), "r",
+                                                    lambda fs, fd: fs.fremovexattr(fd, "user.old"))),
+    "create": ("new", "stat", lambda p: lambda fs: fs.close(fs.open(p("new"), "w", 0o644))),
+    "mkdir": ("new", "stat", lambda p: lambda fs: fs.mkdir(p("new"), 0o755)),
+    "mknod": ("new", "lstat", lambda p: lambda fs: fs.mknod(p("new"), st.S_IFIFO | 0o600)),
+    "symlink": ("new", "readlink", lambda p: lambda fs: fs.symlink("f", p("new"))),
+    "link (new name)": ("new", "stat", lambda p: lambda fs: fs.link(p("f"), p("new"))),
+    "link (target's nlink)": ("f", "stat", lambda p: lambda fs: fs.link(p("f"), p("new"))),
+    "unlink": ("f", "stat", lambda p: lambda fs: fs.unlink(p("f"))),
+    "unlink (other name's nlink)": ("hard", "stat", lambda p: lambda fs: fs.unlink(p("f"))),
+    "rmdir": ("d", "stat", lambda p: lambda fs: fs.rmdir(p("d"))),
+    "rename (source)": ("f", "stat", lambda p: lambda fs: fs.rename(p("f"), p("g"))),
+    "rename (over a target)": ("x", "stat", lambda p: lambda fs: fs.rename(p("f"), p("x"))),
+    "rename of a directory": ("d/inner", "stat", lambda p: lambda fs: fs.rename(p("d"), p("d3"))),
+    "rename to a cached miss": ("g", "stat", lambda p: lambda fs: fs.rename(p("f"), p("g"))),
+    "hard link chmod": ("hard", "stat", lambda p: lambda fs: fs.chmod(p("f"), 0o611)),
+    "symlink in path replaced": ("sl/inner", "stat", lambda p: lambda fs: (
+        fs.unlink(p("sl")), fs.symlink("d2", p("sl")))),
+    "dotdot after dir rename": ("d/../f", "stat", lambda p: lambda fs: fs.rename(p("d"), p("e"))),
+    "readlink after relink": ("link", "readlink", lambda p: lambda fs: (
+        fs.unlink(p("link")), fs.symlink("x", p("link")))),
+}
+
+
+def build_tree(direct, base: str) -> None:
+    make_file(direct, f"{base}/f")
+    make_file(direct, f"{base}/x", b"xx")
+    direct.setxattr(f"{base}/x", "user.old", b"1", 0)
+    direct.setattrx(f"{base}/x", {"ctime": OLD}, cephfs.CEPH_SETATTR_CTIME, 0)
+    direct.link(f"{base}/f", f"{base}/hard")
+    direct.symlink("f", f"{base}/link")
+    direct.mkdir(f"{base}/d", 0o755)
+    make_file(direct, f"{base}/d/inner", b"in d")
+    direct.mkdir(f"{base}/d2", 0o755)
+    make_file(direct, f"{base}/d2/inner", b"in d2, longer")
+    direct.symlink("d", f"{base}/sl")
+
+
+@pytest.mark.parametrize("through", ["other client", "same client"])
+@pytest.mark.parametrize("name", list(CHANGES))
+def test_change_is_seen_by_the_next_call(name, through, clients, direct_fs, workdir):
+    a, b = clients
+    base = f"{workdir}/t"
+    direct_fs.mkdir(base, 0o777)
+    build_tree(direct_fs, base)
+    if name == "rmdir":
+        direct_fs.unlink(f"{base}/d/inner")
+    rel, how, change = CHANGES[name]
+    path = f"{base}/{rel}"
+    before = view(b, path, how)
+    if how != "xattrs":
+        assert_cached(b, path, how)
+    change(lambda r: f"{base}/{r}")(a if through == "other client" else b)
+    expected = view(direct_fs, path, how)
+    assert expected != before, "the change must be visible in what the test compares"
+    assert view(b, path, how) == expected
+
+
+def test_fstat_is_invalidated_by_writes_through_another_fd(clients, direct_fs, workdir):
+    a, b = clients
+    make_file(direct_fs, f"{workdir}/f")
+    fd = b.open(f"{workdir}/f", "r")
+    size = b.fstat(fd).st_size
+    hits = b._conn.cache.stats.hits
+    assert b.fstat(fd).st_size == size and b._conn.cache.stats.hits == hits + 1
+    with_fd(f"{workdir}/f", "r+", lambda fs, fd2: fs.write(fd2, b"y" * 99, 0))(a)
+    assert b.fstat(fd).st_size == 99
+    b.close(fd)
+
+
+def test_relative_paths_follow_the_cwd(clients, direct_fs, workdir):
+    a, b = clients
+    for d in ("one", "two"):
+        direct_fs.mkdir(f"{workdir}/{d}", 0o755)
+        make_file(direct_fs, f"{workdir}/{d}/f", d.encode() * 3)
+    b.chdir(f"{workdir}/one")
+    assert b.stat("f").st_size == 9
+    b.chdir(f"{workdir}/two")
+    assert b.stat("f").st_size == 9 and b.stat("f").st_ino == direct_fs.stat(
+        f"{workdir}/two/f").st_ino
+
+
+NOBODY_OBSERVER = r"""
+import json, sys, libcephfs_proxy as cephfs
+conf, path = sys.argv[1], sys.argv[2]
+fs = cephfs.LibCephFS(conffile=conf)
+fs.mount(filesystem_name="cephfs")
+def look():
+    try:
+        return ["ok", fs.stat(path).st_size]
+    except cephfs.OSError as exc:
+        return ["error", exc.errno]
+for line in sys.stdin:
+    hits = fs._conn.cache.stats.hits
+    result = look()
+    print(json.dumps(result + [fs._conn.cache.stats.hits - hits]), flush=True)
+"""
+
+
+def test_losing_search_permission_on_a_directory_invalidates_lookups_beneath(
+        cache_daemon, ceph_conf, direct_fs, workdir, clients):
+    a, _ = clients
+    direct_fs.chmod(workdir, 0o755)
+    direct_fs.mkdir(f"{workdir}/guarded", 0o755)
+    make_file(direct_fs, f"{workdir}/guarded/f")
+    observer = subprocess.Popen(
+        [sys.executable, "-c", NOBODY_OBSERVER, ceph_conf, f"{workdir}/guarded/f"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, user=NOBODY, group=NOBODY,
+        env={"LIBCEPHFSD_SOCKET": cache_daemon.socket_path, "PYTHONPATH": str(REPO)}, cwd="/")
+
+    def ask():
+        observer.stdin.write("\n")
+        observer.stdin.flush()
+        return json.loads(observer.stdout.readline())
+
+    try:
+        assert ask()[:2] == ["ok", 10]
+        assert ask() == ["ok", 10, 1]          # answered from its cache
+        a.chmod(f"{workdir}/guarded", 0o700)    # root-owned: nobody loses search permission
+        assert ask()[:2] == ["error", 13]
+    finally:
+        observer.stdin.close()
+        observer.wait(30)
+        observer.stdout.close()
