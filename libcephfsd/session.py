@@ -22,7 +22,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from . import protocol
-from .coherence import NegativeLookup, Notifier, walk
+from .coherence import NegativeLookup, Notifier, Raced, ino_and_type, walk
 from .mounts import ConfigError, MountConfig, SharedMount
 from .peer import Peer
 from .protocol import ErrorSource, Feature, Op, Reply, Request, RequestError, ServerHello
@@ -258,41 +258,58 @@ class Session:
             return None
         return tracker.register(self.notifier, deps, seq0)
 
-    def _cached_walk(self, path: bytes, follow: bool) -> tuple[Any, bytes, list, int]:
+    def _cached_walk(self, path: bytes, follow: bool, full: bool = True
+                     ) -> tuple[Any, bytes, list, int]:
         """walk() for a cacheable answer; a miss becomes a cacheable NegativeLookup."""
         tracker = self._tracker()
         seq0 = tracker.begin()
         try:
-            st, canonical, deps = walk(self._fs(), path, follow)
+            st, canonical, deps = walk(self._fs(), path, follow, full)
         except NegativeLookup as exc:
             exc.seq0 = seq0  # type: ignore[attr-defined]
             raise
         return st, canonical, deps, seq0
 
     @contextlib.contextmanager
-    def _changing(self, deps_of: Callable[[], list | None]) -> Iterator[None]:
+    def _changing(self, deps_of: Callable[[], list | None],
+                  deps_after: Callable[[], list | None] | None = None) -> Iterator[None]:
         """Wrap a mutation: find what it changes first, invalidate it after.
 
-        When no cache on the filesystem holds anything, the deps are not
-        looked up; a blind invalidation still refuses racing fills.
+        *deps_after*, if given, is looked up again after the change too: a
+        name another client re-bound meanwhile is covered either way.  When
+        the deps cannot be found and the change succeeded, every cache of
+        the filesystem is flushed; when it failed, nothing changed, and a
+        blind invalidation still refuses fills that raced with it.
         """
         tracker = self._tracker()
         if tracker is None:
             yield
             return
-        deps = None
-        if tracker.active():
-            try:
-                deps = deps_of()
-            except Exception:
-                deps = None
+        try:
+            deps = deps_of()
+        except Exception:
+            deps = None
+        succeeded = False
         try:
             yield
+            succeeded = True
         finally:
-            if deps is None:
-                tracker.blind()
-            else:
+            if deps is not None and deps_after is not None:
+                try:
+                    deps = deps + (deps_after() or [])
+                except Exception:
+                    pass  # gone again: the deps from before still name it
+            if deps is not None:
                 tracker.invalidate(deps)
+            elif succeeded:
+                tracker.flush_all()
+            else:
+                tracker.blind()
+
+    def _changing_path(self, path: bytes, follow: bool = True) -> Any:
+        """_changing() for an attribute change through a path."""
+        deps = lambda: self._inode_deps(path, follow)  # noqa: E731
+        return self._changing(deps, deps)
 
     def _entry_deps(self, path: bytes) -> list:
         """What changes with the directory entry at *path*: the entry, its
@@ -302,21 +319,29 @@ class Session:
         parent, _, name = trimmed.rpartition(b"/")
         if name in (b"", b".", b".."):
             raise ValueError("no single entry")
-        pino = fs.stat(parent or b"/").st_ino
+        pino = fs.statx(parent or b"/", 0x100, 0)["ino"]       # follows symlinks
         deps: list = [(pino, name), pino]
         try:
-            st = fs.stat(trimmed, follow_symlink=False)
+            ino, kind = ino_and_type(fs, trimmed)
         except Exception as exc:
             if getattr(exc, "errno", None) != errno.ENOENT:
                 raise
         else:
-            deps.append(st.st_ino)
-            if stat_mod.S_ISDIR(st.st_mode):
-                deps.append((st.st_ino, b".."))
+            deps.append(ino)
+            if kind == stat_mod.S_IFDIR:
+                deps.append((ino, b".."))
         return deps
 
     def _inode_deps(self, path: bytes, follow: bool = True) -> list:
-        return [self._fs().stat(path, follow_symlink=follow).st_ino]
+        """The inode *path* names now, and the entry naming it (so that answers
+        keyed by this path go even if the name was re-bound meanwhile)."""
+        fs = self._fs()
+        trimmed = path.rstrip(b"/") or b"/"
+        parent, _, name = trimmed.rpartition(b"/")
+        ino = fs.statx(path, 0x100, 0 if follow else protocol.AT_SYMLINK_NOFOLLOW)["ino"]
+        if not name or name in (b".", b".."):
+            return [ino]
+        return [ino, (fs.statx(parent or b"/", 0x100, 0)["ino"], name)]
 
     def _fd_deps(self, fd: int) -> list:
         """The inode of an fd this session owns (callers check ownership first)."""
@@ -544,7 +569,10 @@ class Session:
     def op_stat(self, path: bytes, follow: bool) -> Any:
         if self._caching() is None:
             return _stat_list(self._fs().stat(self._path(path), follow_symlink=follow))
-        st, _, deps, seq0 = self._cached_walk(self._path(path), follow)
+        try:
+            st, _, deps, seq0 = self._cached_walk(self._path(path), follow)
+        except Raced:
+            return _stat_list(self._fs().stat(self._path(path), follow_symlink=follow))
         return self._answer(_stat_list(st), deps, seq0)
 
     def _answer(self, result: Any, deps: list, seq0: int) -> Any:
@@ -556,41 +584,41 @@ class Session:
         if self._caching() is None or flag & protocol.AT_STATX_FORCE_SYNC:
             return _statx_wire(fs.statx(self._path(path), mask, flag))
         _, canonical, deps, seq0 = self._cached_walk(
-            self._path(path), not flag & protocol.AT_SYMLINK_NOFOLLOW)
+            self._path(path), not flag & protocol.AT_SYMLINK_NOFOLLOW, full=False)
         result = _statx_wire(fs.statx(canonical, mask, flag | protocol.AT_SYMLINK_NOFOLLOW))
         return self._answer(result, deps, seq0)
 
     def op_setattrx(self, path: bytes, stx: dict, mask: int, flags: int) -> None:
         p = self._path(path)
         follow = not flags & protocol.AT_SYMLINK_NOFOLLOW
-        with self._changing(lambda: self._inode_deps(p, follow)):
+        with self._changing_path(p, follow):
             self._fs().setattrx(p, _stx_in(stx), mask, flags)
 
     def op_chmod(self, path: bytes, mode: int) -> None:
         p = self._path(path)
-        with self._changing(lambda: self._inode_deps(p)):
+        with self._changing_path(p):
             self._fs().chmod(p, mode)
 
     def op_lchmod(self, path: bytes, mode: int) -> None:
         p = self._path(path)
-        with self._changing(lambda: self._inode_deps(p, False)):
+        with self._changing_path(p, False):
             self._fs().lchmod(p, mode)
 
     def op_chown(self, path: bytes, uid: int, gid: int, follow: bool) -> None:
         p = self._path(path)
-        with self._changing(lambda: self._inode_deps(p, follow)):
+        with self._changing_path(p, follow):
             self._fs().chown(p, uid, gid, follow_symlink=follow)
 
     def op_utime(self, path: bytes, times: tuple | None) -> None:
         if times is not None and not all(type(t) is int for t in times):
             raise SessionError(errno.EINVAL, "UTIME times must be integers")
         p = self._path(path)
-        with self._changing(lambda: self._inode_deps(p)):
+        with self._changing_path(p):
             self._fs().utime(p, times)
 
     def op_utimes(self, path: bytes, times: tuple | None, follow: bool) -> None:
         p = self._path(path)
-        with self._changing(lambda: self._inode_deps(p, follow)):
+        with self._changing_path(p, follow):
             self._fs().utimes(p, times, follow_symlink=follow)
 
     def op_statfs(self, path: bytes) -> dict:
@@ -646,7 +674,7 @@ class Session:
         size = min(size, protocol.PATH_MAX)
         if self._caching() is None:
             return self._fs().readlink(self._path(path), size)
-        _, canonical, deps, seq0 = self._cached_walk(self._path(path), False)
+        _, canonical, deps, seq0 = self._cached_walk(self._path(path), False, full=False)
         target = self._fs().readlink(canonical, protocol.PATH_MAX)
         if len(target) > size:
             return target[:size]
@@ -823,7 +851,7 @@ class Session:
     def op_setxattr(self, path: bytes, name: bytes, value: bytes, flags: int,
                     follow: bool) -> None:
         p = self._path(path)
-        with self._changing(lambda: self._inode_deps(p, follow)):
+        with self._changing_path(p, follow):
             self._fs().setxattr(p, name, value, flags, follow_symlink=follow)
 
     def op_fsetxattr(self, fd: int, name: bytes, value: bytes, flags: int) -> None:
@@ -838,7 +866,7 @@ class Session:
 
     def op_removexattr(self, path: bytes, name: bytes, follow: bool) -> None:
         p = self._path(path)
-        with self._changing(lambda: self._inode_deps(p, follow)):
+        with self._changing_path(p, follow):
             self._fs().removexattr(p, name, follow_symlink=follow)
 
     def op_fremovexattr(self, fd: int, name: bytes) -> None:
