@@ -192,6 +192,8 @@ class CacheTracker:
         self._watchers: dict[Dep, dict[Notifier, float]] = {}
         #: notifier -> {dep: deadline}
         self._by_session: dict[Notifier, dict[Dep, float]] = {}
+        #: dep -> deliveries under way for it (see invalidate)
+        self._in_flight: dict[Dep, set[threading.Event]] = {}
         self._records = 0
         self.invalidations_sent = 0
         self.callbacks = 0
@@ -250,10 +252,16 @@ class CacheTracker:
         """After a change: tell every session caching something that depends on *deps*.
 
         Returns when every event is in its receiver's socket and counted (or
-        the receiver's cache declared invalid).  Returns the sessions told.
+        the receiver's cache declared invalid), including events that a
+        concurrent invalidation of the same deps claimed and is still
+        delivering: otherwise this change's reply could overtake them.
+        Returns the sessions told.
         """
         t0 = time.perf_counter()
         targets: dict[Notifier, list[Dep]] = {}
+        others: set[threading.Event] = set()
+        claimed: list[Dep] = []
+        done: threading.Event | None = None
         now = self._timer()
         with self._lock:
             self._seq += 1
@@ -262,9 +270,13 @@ class CacheTracker:
                 self.callbacks += 1
             for dep in deps:
                 self._bucket_seq[hash(dep) % BUCKETS] = seq
+                pending = self._in_flight.get(dep)
+                if pending:
+                    others.update(pending)
                 watchers = self._watchers.pop(dep, None)
                 if not watchers:
                     continue
+                live = False
                 for notifier, deadline in watchers.items():
                     self._records -= 1
                     mine = self._by_session.get(notifier)
@@ -272,37 +284,66 @@ class CacheTracker:
                         mine.pop(dep, None)
                     if deadline > now:
                         targets.setdefault(notifier, []).append(dep)
-        lock_deadline = time.monotonic() + LOCK_BUDGET
-        for notifier, its_deps in targets.items():
-            if not notifier.notify(its_deps, lock_deadline):
-                self.forget(notifier)
+                        live = True
+                if live:
+                    if done is None:
+                        done = threading.Event()
+                    self._in_flight.setdefault(dep, set()).add(done)
+                    claimed.append(dep)
         if targets:
+            lock_deadline = time.monotonic() + LOCK_BUDGET
+            for notifier, its_deps in targets.items():
+                if not notifier.notify(its_deps, lock_deadline):
+                    self.forget(notifier)
             with self._lock:
+                for dep in claimed:
+                    pending = self._in_flight.get(dep)
+                    if pending is not None:
+                        pending.discard(done)  # type: ignore[arg-type]
+                        if not pending:
+                            del self._in_flight[dep]
                 self.invalidations_sent += len(targets)
                 self._delivery.append(time.perf_counter() - t0)
+            assert done is not None
+            done.set()
+        for other in others:
+            # Bounded: a delivery waits LOCK_BUDGET at most for a send lock,
+            # and a half-written event one second.
+            if not other.wait(LOCK_BUDGET + 2.0):
+                log.error("%r: a concurrent invalidation did not finish in time", self)
         return len(targets)
 
     def flush_all(self) -> None:
-        """Every cache of this filesystem is invalid (a change too broad to describe)."""
-        self.blind()
+        """Every cache of this filesystem is invalid (a change too broad to describe).
+
+        Epochs are bumped under the lock, before the registrations go: an
+        invalidation that finds none must be able to rely on that.
+        """
         with self._lock:
-            notifiers = list(self._by_session)
-        for notifier in notifiers:
-            notifier.flush()
-            self.forget(notifier)
+            self._seq += 1
+            self._blind_seq = self._seq
+            for notifier in list(self._by_session):
+                try:
+                    notifier.flush()
+                except ValueError:  # its session closed meanwhile
+                    pass
+                self._forget_locked(notifier)
 
     def forget(self, notifier: Notifier) -> None:
         """The session left or its cache was declared invalid: drop its registrations."""
         with self._lock:
-            mine = self._by_session.pop(notifier, None)
-            if not mine:
-                return
-            for dep in mine:
-                watchers = self._watchers.get(dep)
-                if watchers is not None and watchers.pop(notifier, None) is not None:
-                    self._records -= 1
-                    if not watchers:
-                        del self._watchers[dep]
+            self._forget_locked(notifier)
+
+    def _forget_locked(self, notifier: Notifier) -> None:
+        mine = self._by_session.pop(notifier, None)
+        if not mine:
+            return
+        for dep in mine:
+            watchers = self._watchers.get(dep)
+            if watchers is not None and watchers.pop(notifier, None) is not None:
+                self._records -= 1
+                if not watchers:
+                    del self._watchers[dep]
 
     def _prune_expired(self) -> None:
         now = self._timer()

@@ -47,21 +47,25 @@ while time.monotonic() < end:
     r = rng.random()
     t0 = time.monotonic()
     if r < 0.70:
+        hits = fs._conn.cache.stats.hits
         try:
             value = fs.stat(path).st_size if rng.random() < 0.8 else \
                 fs.statx(path, cephfs.CEPH_STATX_SIZE, 0)["size"]
         except cephfs.ObjectNotFound:
             value = -1
-        log.append(["read", path, value, t0, time.monotonic()])
+        log.append(["read", path, value, t0, time.monotonic(),
+                    f"client {n} {'hit' if fs._conn.cache.stats.hits > hits else 'miss'}"])
         continue
     # a unique version: client number in the low bits
     version += 1
     value = version * 16 + n + 1
     stable = paths.index(path) < files // 2
     try:
+        how = "truncate"
         if r < 0.85 or (stable and r >= 0.90):
             fs.truncate(path, value)
         elif stable:
+            how = "ftruncate"
             # Through an fd: on these files no name ever changes inode, so
             # the fd's inode is the path's.
             fd = fs.open(path, "r+")
@@ -69,14 +73,14 @@ while time.monotonic() < end:
             fs.close(fd)
         elif r < 0.94:
             fs.mknod(path, 0o100644)      # atomic create of an empty file
-            value = 0
+            value, how = 0, "mknod"
         else:
             fs.unlink(path)
-            value = -1
+            value, how = -1, "unlink"
     except (cephfs.ObjectNotFound, cephfs.ObjectExists):
         log.append(["failed", path, None, t0, time.monotonic()])
         continue
-    log.append(["change", path, value, t0, time.monotonic()])
+    log.append(["change", path, value, t0, time.monotonic(), f"client {n} {how}"])
 print(json.dumps({"log": log, "hits": fs._conn.cache.stats.hits,
                   "misses": fs._conn.cache.stats.misses,
                   "invalidations": fs._conn.cache.stats.invalidations}))
@@ -97,15 +101,15 @@ def find_stale_reads(entries: list[list]) -> list[str]:
     """Reads that ignored a change completed before they began (see module doc)."""
     problems = []
     by_path: dict[str, list] = {}
-    for kind, path, value, t0, t1 in entries:
-        by_path.setdefault(path, []).append((kind, value, t0, t1))
+    for kind, path, value, t0, t1, *who in entries:
+        by_path.setdefault(path, []).append((kind, value, t0, t1, " ".join(who)))
     for path, ops in by_path.items():
         changes = [op for op in ops if op[0] == "change"]
         # Initially each file exists with a size no change produces (0 here).
-        producers: dict[int, list] = {0: [("initial", 0, float("-inf"), float("-inf"))]}
+        producers: dict[int, list] = {0: [("initial", 0, float("-inf"), float("-inf"), "")]}
         for c in changes:
             producers.setdefault(c[1], []).append(c)
-        for kind, value, t0, t1 in ops:
+        for kind, value, t0, t1, who in ops:
             if kind != "read":
                 continue
             candidates = producers.get(value)
@@ -116,10 +120,10 @@ def find_stale_reads(entries: list[list]) -> list[str]:
             # by a change wholly between it and the read.
             if not any(not any(c[3] < c2[2] and c2[3] < t0 for c2 in changes if c2 is not c)
                        for c in candidates):
-                history = "; ".join(f"{k} {v} [{a:.6f}, {b:.6f}]" for k, v, a, b in ops
-                                    if k != "read" and a < t1 + 0.002 and b > t0 - 0.05)
-                problems.append(f"{path}: read {value} at [{t0:.6f}, {t1:.6f}] is stale "
-                                f"(changes around it: {history})")
+                history = "; ".join(f"{k} {v} [{a:.6f}, {b:.6f}] {w}" for k, v, a, b, w in ops
+                                    if a < t1 + 0.002 and b > t0 - 0.02)
+                problems.append(f"{path}: read {value} at [{t0:.6f}, {t1:.6f}] ({who}) is "
+                                f"stale; around it: {history}")
     return problems
 
 
