@@ -6,7 +6,7 @@ loads libcephfs: every call goes over a unix socket to the daemon, found at
 ``$LIBCEPHFSD_SOCKET`` or /run/libcephfsd.sock.
 """
 
-from ._connection import DEFAULT_SOCKET, socket_path
+from ._connection import DEFAULT_SOCKET, daemon_status, socket_path
 from ._constants import (
     AT_STATX_DONT_SYNC,
     AT_STATX_FORCE_SYNC,
@@ -72,7 +72,7 @@ __all__ = [
     "OperationNotSupported", "WouldBlock", "OutOfRange", "ObjectNotEmpty", "NotDirectory",
     "DiskQuotaExceeded",
     # what the proxy adds
-    "DaemonUnavailable", "ProtocolError", "socket_path", "DEFAULT_SOCKET",
+    "DaemonUnavailable", "ProtocolError", "socket_path", "DEFAULT_SOCKET", "daemon_status",
     # the binding's constants
     "AT_SYMLINK_NOFOLLOW", "AT_STATX_SYNC_TYPE", "AT_STATX_SYNC_AS_STAT", "AT_STATX_FORCE_SYNC",
     "AT_STATX_DONT_SYNC", "CEPH_STATX_BASIC_STATS", "CEPH_STATX_MODE", "CEPH_STATX_NLINK",

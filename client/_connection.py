@@ -326,3 +326,21 @@ def _error_reply(reply: Reply) -> ErrorReply:
     if isinstance(result, list) and len(result) == 2:
         return ErrorReply(reply.errno, str(result[0]), result[1] == protocol.ErrorSource.CEPHFS)
     return ErrorReply(reply.errno, str(result), False)
+
+
+def daemon_status(path: str | None = None) -> dict:
+    """The daemon's STATUS: sessions, mounts, handle counts and cache statistics.
+
+    Only root and the daemon's own user may ask.  Raises DaemonUnavailable,
+    or PermissionError for anyone else.
+    """
+    from ._errors import make_ex
+
+    conn = Connection(path, cache_entries=None)
+    try:
+        return conn.call(Op.STATUS)[0]
+    except ErrorReply as exc:
+        raise make_ex(exc.errno, exc.message) from None
+    finally:
+        conn.close()
+

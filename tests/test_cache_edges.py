@@ -323,3 +323,38 @@ def test_tracker_declares_a_full_socket_invalid(notifiers):
     assert a.page[EPOCH] == 1 and a.timed_out == 1
     assert a.page[SENT] == sent
     assert tracker.stats()["records"] == 0
+
+
+# -- tools/cachestat ------------------------------------------------------------------------
+
+
+def cachestat(daemon: Daemon, *args: str) -> str:
+    import subprocess
+    import sys
+    from helpers import REPO
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "cachestat"), "--socket",
+                          daemon.socket_path, *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_cachestat_reports_clients_and_daemon(long_ttl_daemon, ceph_conf, direct_fs, workdir,
+                                              monkeypatch):
+    import json
+    path = f"{workdir}/watched"
+    write(direct_fs, path, b"abc")
+    fs = client(long_ttl_daemon, ceph_conf, monkeypatch)
+    for _ in range(300):
+        fs.stat(path)
+    fs.truncate(path, 1)          # an invalidation, and a round trip that publishes stats
+    report = json.loads(cachestat(long_ttl_daemon, "--json"))
+    mine = next(c for c in report["clients"] if c["pid"] == os.getpid())
+    assert mine["hits"] >= 299 and mine["misses"] >= 1 and mine["applied"] >= 1
+    assert report["daemon"]["invalidations_sent"] >= 1
+    text = cachestat(long_ttl_daemon)
+    assert "RATIO" in text and f"{os.getpid()}" in text and "invalidations sent" in text
+    lines = cachestat(long_ttl_daemon, "--json", "0.2", "2").splitlines()
+    assert len(lines) == 2 and {"hits", "misses", "ratio", "sent"} <= json.loads(lines[0]).keys()
+    header = cachestat(long_ttl_daemon, "0.1", "1").splitlines()[0]
+    assert "HITS/s" in header and "DELIV_MAX" in header
+    fs.shutdown()

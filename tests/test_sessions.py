@@ -117,6 +117,19 @@ def test_fds_and_dir_handles_belong_to_their_session(connect, workdir):
     a.close(fd)
 
 
+def test_a_mounted_client_process_never_loads_libcephfs(proxy_env, ceph_conf):
+    code = ("import sys, libcephfs_proxy as c; fs = c.LibCephFS(conffile=sys.argv[1]); "
+            "fs.mount(filesystem_name='cephfs'); fs.stat('/'); fs.stat('/'); "
+            "maps = open('/proc/self/maps').read(); "
+            "assert 'libcephfs.so' not in maps and 'librados' not in maps, maps; "
+            "assert 'cephfs' not in sys.modules; print(fs._conn.cache is not None)")
+    out = subprocess.run([sys.executable, "-c", code, ceph_conf], capture_output=True,
+                         text=True, env={**os.environ,
+                                         "LIBCEPHFSD_SOCKET": proxy_env.socket_path})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() in ("True", "False")
+
+
 def test_one_client_many_threads(connect, workdir):
     fs = connect()
     errors = []
