@@ -82,6 +82,8 @@ class Notifier:
         self._map = mmap.mmap(self._memfd, PAGE_SIZE)
         self.page = memoryview(self._map).cast("Q")
         self.timed_out = 0
+        #: Set (under send_lock) when the session is gone: deliveries become no-ops.
+        self.closed = False
 
     def __repr__(self) -> str:
         return (f"<Notifier session={self.session_id} sent={self.page[SENT]} "
@@ -100,6 +102,8 @@ class Notifier:
             self._give_up("its connection is busy sending (a client not reading?)")
             return False
         try:
+            if self.closed:      # the session ended meanwhile: nobody left to tell
+                return True
             try:
                 sent = self.sock.sendmsg(frame, [], socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
@@ -149,13 +153,22 @@ class Notifier:
         self.flush()
 
     def flush(self) -> None:
-        self.page[EPOCH] += 1
+        """Declare the client's whole cache invalid (any thread)."""
+        try:
+            if not self.closed:
+                self.page[EPOCH] += 1
+        except ValueError:  # released under us: the session is gone anyway
+            pass
 
     def client_stats(self) -> dict[str, int]:
         """What the client reports in its half of the page (informational only)."""
         return {name: int(self.page[CLIENT_STATS_AT + i]) for i, name in enumerate(CLIENT_STATS)}
 
     def close(self) -> None:
+        """Call with send_lock held.  Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
         self.page.release()
         self._map.close()
         os.close(self._memfd)
@@ -323,10 +336,7 @@ class CacheTracker:
             self._seq += 1
             self._blind_seq = self._seq
             for notifier in list(self._by_session):
-                try:
-                    notifier.flush()
-                except ValueError:  # its session closed meanwhile
-                    pass
+                notifier.flush()
                 self._forget_locked(notifier)
 
     def forget(self, notifier: Notifier) -> None:

@@ -309,6 +309,18 @@ def test_tracker_bounds_per_session_and_per_filesystem(notifiers):
     assert tracker.stats()["records"] == 1 and tracker.stats()["refused_fills"] == 2
 
 
+def test_tracker_tolerates_a_session_closing_during_delivery(notifiers):
+    tracker = CacheTracker("fs", ttl=10.0, max_records=100, timer=Clock())
+    a, b = notifiers(1), notifiers(2)
+    tracker.register(a, [1], tracker.begin())
+    tracker.register(b, [1], tracker.begin())
+    with a.send_lock:
+        a.close()                  # as Session.close() does, racing the change below
+    assert tracker.invalidate([1]) == 2
+    assert read_events(b) == [[1]]
+    tracker.flush_all()            # must not touch a's released page either
+
+
 def test_tracker_declares_a_full_socket_invalid(notifiers):
     tracker = CacheTracker("fs", ttl=10.0, max_records=10 ** 6, timer=Clock())
     a = notifiers(1)
