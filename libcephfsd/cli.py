@@ -42,6 +42,18 @@ def _size(text: str) -> int:
     return value
 
 
+def _budget(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        value = int(t[:-1]) * units[t[-1]] if t[-1:] in units else int(t)
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 256M)") from None
+    if value < 64 << 10:
+        raise argparse.ArgumentTypeError("must be at least 64K")
+    return value
+
+
 def _ttl(text: str) -> float:
     try:
         value = float(text)
@@ -82,6 +94,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-io-size", metavar="SIZE", type=_size, default=DEFAULT_MAX_DATA,
                         help="largest read or write carried by one request; clients split "
                              "larger ones (default: %d MiB)" % (DEFAULT_MAX_DATA >> 20))
+    parser.add_argument("--max-inflight-bytes", metavar="SIZE", type=_budget, default=None,
+                        help="file data the daemon holds for requests at once, all clients "
+                             "together; more waits (backpressure). Default: 64 x max-io-size")
     parser.add_argument("--shutdown-timeout", metavar="SECONDS", type=float, default=30.0,
                         help="on SIGTERM/SIGINT, how long calls in progress may take to "
                              "finish before mounts are unmounted anyway (default: 30)")
@@ -134,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                          if args.enable_client_cache else None)
             server = Server(args.socket, socket_mode=args.socket_mode, max_data=args.max_io_size,
                             private_dir=private_dir, shutdown_timeout=args.shutdown_timeout,
-                            coherence=coherence)
+                            coherence=coherence, max_inflight=args.max_inflight_bytes)
             server.bind()
         except DaemonRunning as exc:
             log.error("not starting: %s", exc)

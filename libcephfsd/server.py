@@ -44,6 +44,44 @@ log = logging.getLogger(__name__)
 THREAD_STACK = 512 << 10
 
 
+class ByteBudget:
+    """Caps the bytes of file data the daemon holds for requests at once.
+
+    A connection whose request needs more than what is left waits (its
+    client's send blocks in turn): that is the backpressure.  A single
+    request larger than the whole budget proceeds alone, so none can wait
+    forever.  Thread-safe.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self.waits = 0
+        self._cond = threading.Condition()
+
+    def __repr__(self) -> str:
+        return f"<ByteBudget {self.used}/{self.limit} peak={self.peak} waits={self.waits}>"
+
+    def acquire(self, n: int) -> None:
+        with self._cond:
+            if self.used and self.used + n > self.limit:
+                self.waits += 1
+                while self.used and self.used + n > self.limit:
+                    self._cond.wait()
+            self.used += n
+            self.peak = max(self.peak, self.used)
+
+    def release(self, n: int) -> None:
+        if n:
+            with self._cond:
+                self.used -= n
+                self._cond.notify_all()
+
+    def describe(self) -> dict:
+        return {"limit": self.limit, "used": self.used, "peak": self.peak, "waits": self.waits}
+
+
 class DaemonRunning(Exception):
     """Another daemon already answers on the socket path."""
 
@@ -54,10 +92,12 @@ class Server:
     def __init__(self, socket_path: str, *, socket_mode: int = 0o660,
                  max_data: int = DEFAULT_MAX_DATA, private_dir: str,
                  shutdown_timeout: float = 30.0, backend: CephBackend | None = None,
-                 coherence: Coherence | None = None):
+                 coherence: Coherence | None = None, max_inflight: int | None = None):
         self.socket_path = socket_path
         self.socket_mode = socket_mode
         self.max_data = max_data
+        #: File data held for requests, across all connections.
+        self.budget = ByteBudget(max(max_inflight or 64 * max_data, max_data))
         self.shutdown_timeout = shutdown_timeout
         self.private_dir = private_dir
         self.backend = backend or CephBackend()
@@ -207,6 +247,7 @@ class Server:
             "server": f"libcephfsd {__version__}", "pid": os.getpid(),
             "uptime": time.time() - self.started,
             "sessions": sessions, "mounts": mounts,
+            "inflight_bytes": self.budget.describe(),
             "cache": None if self.coherence is None else {
                 "ttl": self.coherence.ttl, "max_entries": self.coherence.max_entries,
                 "filesystems": [t.stats() for t in self.coherence.trackers()],
@@ -225,9 +266,17 @@ class _Connection:
         self.server = server
         self.session = session
         self.transport = SocketTransport(sock, max_data_in=0, max_data_out=server.max_data)
+        self.transport.before_data = self._reserve
         session.transport = self.transport
+        session.reserve = self._reserve
+        #: Bytes of the budget this connection holds for the request in hand.
+        self.reserved = 0
         self.thread = threading.Thread(target=self._run, name=f"session-{session.id}",
                                        daemon=True)
+
+    def _reserve(self, n: int) -> None:
+        self.server.budget.acquire(n)
+        self.reserved += n
 
     def stop_reading(self) -> None:
         try:
@@ -250,13 +299,19 @@ class _Connection:
                     continue
                 if type(request) is not Request:
                     raise FrameError(f"a client may only send requests, not {request!r}")
-                reply = session.handle(request)
-                with session.send_lock:
-                    if session.fds_to_send:
-                        fds, session.fds_to_send = session.fds_to_send, []
-                        transport.send(reply, fds)
-                    else:
-                        transport.send(reply)
+                try:
+                    reply = session.handle(request)
+                    with session.send_lock:
+                        if session.fds_to_send:
+                            fds, session.fds_to_send = session.fds_to_send, []
+                            transport.send(reply, fds)
+                        else:
+                            transport.send(reply)
+                finally:
+                    # The request's data and the reply's are gone now.
+                    request = reply = None  # type: ignore[assignment]
+                    self.server.budget.release(self.reserved)
+                    self.reserved = 0
         except ConnectionClosed as exc:
             if not exc.clean:
                 reason = "closed by client mid-frame"
@@ -274,6 +329,8 @@ class _Connection:
             reason = "internal error"
             log.exception("%r: unexpected error; closing the connection", session)
         finally:
+            self.server.budget.release(self.reserved)
+            self.reserved = 0
             try:
                 session.close()
             except Exception:

@@ -137,6 +137,9 @@ class Session:
         #: the cache channel, when the client was granted CLIENT_CACHE
         self.notifier: Notifier | None = None
         self.fds_to_send: list[int] = []
+        #: Takes bytes from the daemon's in-flight budget for the request in
+        #: hand (set by the connection; released once the reply is sent).
+        self.reserve: Callable[[int], None] = lambda n: None
         self.dirs: dict[int, Any] = {}
         self._next_dir = 1
         self.calls = 0
@@ -706,8 +709,14 @@ class Session:
 
     def op_read(self, fd: int, offset: int, length: int) -> WithData:
         self._check_io_size(length)
-        data = self._fs().read(self._fd(fd), offset, length)
+        self._fd(fd)
+        self._reserve(length)
+        data = self._fs().read(fd, offset, length)
         return WithData(len(data), data)
+
+    def _reserve(self, n: int) -> None:
+        """Hold *n* bytes of the daemon's budget until this request's reply is sent."""
+        self.reserve(n)
 
     def op_write(self, data: bytes | bytearray, fd: int, offset: int) -> int:
         fs = self._fs()
@@ -719,6 +728,8 @@ class Session:
 
     def op_preadv(self, fd: int, lengths: list[int], offset: int) -> WithData:
         self._check_io_size(sum(lengths))
+        self._fd(fd)
+        self._reserve(sum(lengths))
         buffers = [bytearray(n) for n in lengths]
         n = self._fs().preadv(self._fd(fd), buffers, offset)
         return WithData(n, b"".join(buffers)[:n])

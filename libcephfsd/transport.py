@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import socket
+from typing import Any
 
 from .protocol import HEADER_SIZE, Message, decode_body, encode, parse_header
 
@@ -34,7 +35,7 @@ class SocketTransport:
     """
 
     __slots__ = ("sock", "max_data_in", "max_data_out", "_buf", "_view", "_start", "_end",
-                 "_fds")
+                 "_fds", "before_data")
 
     def __init__(self, sock: socket.socket, max_data_in: int, max_data_out: int):
         self.sock = sock
@@ -46,6 +47,9 @@ class SocketTransport:
         #: File descriptors received with SCM_RIGHTS, in arrival order; only
         #: collected by receive(want_fds=True).
         self._fds: list[int] | None = None
+        #: Called with a frame's data length before its data is read (the
+        #: daemon's byte budget: waiting there is the backpressure).
+        self.before_data: Any = None
 
     def __repr__(self) -> str:
         return f"<SocketTransport fd={self.sock.fileno()} buffered={self._end - self._start}>"
@@ -57,6 +61,8 @@ class SocketTransport:
         header = self._read(HEADER_SIZE)
         body_len, data_len = parse_header(header, self.max_data_in)
         body = self._read(body_len)
+        if data_len and self.before_data is not None:
+            self.before_data(data_len)
         data = self._read(data_len) if data_len else b""
         return decode_body(body, data)
 

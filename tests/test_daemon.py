@@ -46,7 +46,8 @@ def test_help_explains_the_options():
     out = subprocess.run([sys.executable, "-m", "libcephfsd", "--help"], capture_output=True,
                          text=True, check=True, cwd=REPO).stdout
     for option in ("--socket", "--socket-mode", "--log-level", "--max-io-size",
-                   "--shutdown-timeout", "LIBCEPHFSD_SOCKET", "/run/libcephfsd.sock"):
+                   "--shutdown-timeout", "--max-inflight-bytes", "--enable-client-cache",
+                   "--cache-ttl", "LIBCEPHFSD_SOCKET", "/run/libcephfsd.sock"):
         assert option in out
 
 
@@ -203,3 +204,32 @@ def test_config_file_content_not_path_decides_sharing(proxy_env, ceph_conf, tmp_
     assert c.conf_get("client_oc_size") == "104857600"
     for fs in (a, b, c):
         fs.shutdown()
+
+
+def test_bytes_in_flight_are_capped_with_backpressure(own_daemon, ceph_conf, workdir):
+    d = own_daemon("--max-io-size", "1M", "--max-inflight-bytes", "2M")
+    errors = []
+
+    def worker(n: int) -> None:
+        try:
+            fs = mount(ceph_conf)
+            data = os.urandom((6 << 20) + n)
+            fd = fs.open(f"{workdir}/big{n}", "w", 0o644)
+            assert fs.write(fd, data, 0) == len(data)
+            fs.close(fd)
+            fd = fs.open(f"{workdir}/big{n}", "r")
+            assert fs.read(fd, 0, len(data) + 10) == data
+            fs.close(fd)
+            fs.shutdown()
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    budget = d.status()["inflight_bytes"]
+    assert budget["limit"] == 2 << 20 and budget["used"] == 0
+    assert budget["peak"] <= 2 << 20 and budget["waits"] > 0
