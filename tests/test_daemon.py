@@ -233,3 +233,16 @@ def test_bytes_in_flight_are_capped_with_backpressure(own_daemon, ceph_conf, wor
     budget = d.status()["inflight_bytes"]
     assert budget["limit"] == 2 << 20 and budget["used"] == 0
     assert budget["peak"] <= 2 << 20 and budget["waits"] > 0
+
+
+def test_sigint_shuts_down_like_sigterm(own_daemon, ceph_conf):
+    d = own_daemon()
+    fs = mount(ceph_conf)
+    fd = fs.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    assert d.status()["totals"]["open_files"] == 1
+    d.proc.send_signal(signal.SIGINT)
+    assert d.proc.wait(60) == 0, d.log()
+    assert not os.path.exists(d.socket_path)
+    assert "received SIGINT" in d.log() and "unmounted" in d.log()
+    with pytest.raises(libcephfs_proxy.DaemonUnavailable):
+        fs.fstat(fd)
