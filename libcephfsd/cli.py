@@ -6,6 +6,7 @@ import argparse
 import ctypes
 import logging
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -133,11 +134,28 @@ def _pin_mmap_threshold() -> None:
         log.debug("mallopt unavailable; large buffers may stay in malloc arenas")
 
 
+def _raise_fd_limit() -> int:
+    """Allow as many descriptors as the hard limit permits; return the limit.
+
+    Each client costs the daemon one socket (two descriptors with the cache:
+    its shared page), and distributions often start services at 1024.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the descriptor limit from %d to %d: %s", soft, hard, exc)
+    return soft
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s[%(threadName)s]: %(message)s")
     _pin_mmap_threshold()
+    fd_limit = _raise_fd_limit()
     # Imported here so that --help works without Ceph installed.
     from .coherence import Coherence
     from .server import DaemonRunning, Server
@@ -164,10 +182,13 @@ def main(argv: list[str] | None = None) -> int:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        log.info("libcephfsd %s ready on %s (pid %d, libcephfs %s, client cache %s)",
-                 __version__, args.socket, os.getpid(),
+        log.info("libcephfsd %s ready on %s (pid %d, libcephfs %s, client cache %s, "
+                 "descriptor limit %d)", __version__, args.socket, os.getpid(),
                  ".".join(map(str, server.backend.version)),
-                 f"on, ttl {args.cache_ttl}s" if coherence else "off")
+                 f"on, ttl {args.cache_ttl}s" if coherence else "off", fd_limit)
+        if fd_limit < 4096:
+            log.warning("descriptor limit %d allows fewer than ~%d clients; raise it "
+                        "(ulimit -n, LimitNOFILE=)", fd_limit, fd_limit // 2)
         server.serve_forever()
         return 0
     finally:

@@ -246,3 +246,21 @@ def test_sigint_shuts_down_like_sigterm(own_daemon, ceph_conf):
     assert "received SIGINT" in d.log() and "unmounted" in d.log()
     with pytest.raises(libcephfs_proxy.DaemonUnavailable):
         fs.fstat(fd)
+
+
+def test_the_descriptor_limit_is_raised_to_the_hard_limit(tmp_path):
+    sock = os.path.join(public_dir("libcephfsd-fd-"), "d.sock")
+    log = open(tmp_path / "log", "wb")
+    proc = subprocess.Popen(["bash", "-c", f'ulimit -Sn 512; exec "{sys.executable}" -m '
+                             f'libcephfsd --socket {sock}'], stdout=log,
+                            stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        wait_for(lambda: os.path.exists(sock) and _answers(sock), what="the daemon")
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        soft, hard = next(line.split()[3:5] for line in limits.splitlines()
+                          if line.startswith("Max open files"))
+        assert soft == hard
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+        log.close()
