@@ -30,29 +30,27 @@ def _mode(text: str) -> int:
     return mode
 
 
-def _size(text: str) -> int:
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20}
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    suffix = t[-1:] if t[-1:] in units and t[-1:] else ""
-    try:
-        value = int(t[: len(t) - len(suffix)]) * units[suffix]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4M)") from None
-    if not 64 << 10 <= value <= DATA_CEILING:
-        raise argparse.ArgumentTypeError(f"must be between 64K and {DATA_CEILING >> 20}M")
-    return value
-
-
-def _budget(text: str) -> int:
+def _parse_size(text: str, low: int, high: int) -> int:
+    """'4M', '256MiB', '65536' -> bytes, within [low, high]."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     t = text.strip().upper().removesuffix("B").removesuffix("I")
     try:
         value = int(t[:-1]) * units[t[-1]] if t[-1:] in units else int(t)
     except (ValueError, IndexError):
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 256M)") from None
-    if value < 64 << 10:
-        raise argparse.ArgumentTypeError("must be at least 64K")
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4M)") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low >> 10}K")
+    if value > high:
+        raise argparse.ArgumentTypeError(f"must be at most {high >> 20}M")
     return value
+
+
+def _size(text: str) -> int:
+    return _parse_size(text, 64 << 10, DATA_CEILING)
+
+
+def _budget(text: str) -> int:
+    return _parse_size(text, 64 << 10, 1 << 40)
 
 
 def _ttl(text: str) -> float:
