@@ -423,7 +423,7 @@ class NegativeLookup(Exception):
 #: (measured: +2 to +4 ms per component).
 _WALK_MASK = 0x1 | 0x100          # CEPH_STATX_MODE | CEPH_STATX_INO
 _NOFOLLOW = 0x100                 # AT_SYMLINK_NOFOLLOW
-_S_IFMT, _S_IFLNK = 0o170000, 0o120000
+_S_IFMT, _S_IFLNK, _S_IFDIR = 0o170000, 0o120000, 0o040000
 
 
 def ino_and_type(fs: Any, path: bytes) -> tuple[int, int]:
@@ -444,13 +444,19 @@ def walk(fs: Any, path: bytes, follow: bool, full: bool = True,
     becomes NegativeLookup with the deps that a later creation invalidates.
     """
     root_ino, _ = ino_and_type(fs, b"/")
-    cur_path, cur_ino = b"/", root_ino
+    cur_path, cur_ino, cur_kind = b"/", root_ino, _S_IFDIR
     deps: list[Dep] = [cur_ino]
-    pending = [c for c in reversed(path.split(b"/")) if c and c != b"."]
+    pending = [c for c in reversed(path.split(b"/")) if c]
     links = 0
     final = None
     while pending:
         part = pending.pop()
+        if part in (b".", b"..") and cur_kind != _S_IFDIR:
+            # "file/." or "file/..": libcephfs refuses these in its own way
+            # (EACCES or ENOTDIR, by the file's mode); let it answer.
+            raise Uncacheable()
+        if part == b".":
+            continue
         if part == b"..":
             deps.append((cur_ino, b".."))
             cur_path = cur_path.rsplit(b"/", 1)[0] or b"/"
@@ -473,15 +479,16 @@ def walk(fs: Any, path: bytes, follow: bool, full: bool = True,
             target = fs.readlink(child, 4096)
             if target[:1] == b"/":
                 cur_path, cur_ino = b"/", root_ino
-            pending.extend(c for c in reversed(target.split(b"/")) if c and c != b".")
+            pending.extend(c for c in reversed(target.split(b"/")) if c)
             continue
-        cur_path, cur_ino = child, ino
+        cur_path, cur_ino, cur_kind = child, ino, kind
     if full:
         final = fs.stat(cur_path, follow_symlink=False)
         if final.st_ino != cur_ino:  # replaced between the walk and now: refuse to cache
-            raise Raced()
+            raise Uncacheable()
     return final, cur_path, deps
 
 
-class Raced(Exception):
-    """The path changed under a walk; the caller answers without caching."""
+class Uncacheable(Exception):
+    """The walk cannot vouch for its answer (the path changed under it, or it
+    is a shape only libcephfs itself should judge): answer without caching."""

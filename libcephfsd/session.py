@@ -22,7 +22,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from . import protocol
-from .coherence import NegativeLookup, Notifier, Raced, ino_and_type, walk
+from .coherence import NegativeLookup, Notifier, Uncacheable, ino_and_type, walk
 from .mounts import ConfigError, MountConfig, SharedMount
 from .peer import Peer
 from .protocol import ErrorSource, Feature, Op, Reply, Request, RequestError, ServerHello
@@ -574,7 +574,7 @@ class Session:
             return _stat_list(self._fs().stat(self._path(path), follow_symlink=follow))
         try:
             st, _, deps, seq0 = self._cached_walk(self._path(path), follow)
-        except Raced:
+        except Uncacheable:
             return _stat_list(self._fs().stat(self._path(path), follow_symlink=follow))
         return self._answer(_stat_list(st), deps, seq0)
 
@@ -586,8 +586,11 @@ class Session:
         fs = self._fs()
         if self._caching() is None or flag & protocol.AT_STATX_FORCE_SYNC:
             return _statx_wire(fs.statx(self._path(path), mask, flag))
-        _, canonical, deps, seq0 = self._cached_walk(
-            self._path(path), not flag & protocol.AT_SYMLINK_NOFOLLOW, full=False)
+        try:
+            _, canonical, deps, seq0 = self._cached_walk(
+                self._path(path), not flag & protocol.AT_SYMLINK_NOFOLLOW, full=False)
+        except Uncacheable:
+            return _statx_wire(fs.statx(self._path(path), mask, flag))
         result = _statx_wire(fs.statx(canonical, mask, flag | protocol.AT_SYMLINK_NOFOLLOW))
         return self._answer(result, deps, seq0)
 
@@ -677,7 +680,10 @@ class Session:
         size = min(size, protocol.PATH_MAX)
         if self._caching() is None:
             return self._fs().readlink(self._path(path), size)
-        _, canonical, deps, seq0 = self._cached_walk(self._path(path), False, full=False)
+        try:
+            _, canonical, deps, seq0 = self._cached_walk(self._path(path), False, full=False)
+        except Uncacheable:
+            return self._fs().readlink(self._path(path), size)
         target = self._fs().readlink(canonical, protocol.PATH_MAX)
         if len(target) > size:
             return target[:size]

@@ -293,6 +293,16 @@ def cwd_and_relative_paths(fs, mod, base):
     fs.close(fd)
     out.append(fs.stat(f"{base}/real/rel").st_size)
     out.append(outcome(fs.stat, "inner/../rel"))
+    # Path shapes the daemon's cache walk must judge as libcephfs does.
+    fs.symlink("rel", "lnk")
+    for shape in ("rel/", "rel/.", "rel/..", "rel/x", "lnk/", "lnk/.", "./rel", ".//rel",
+                  "inner/.", "inner/..", "inner/../..", "/" + base.lstrip("/") + "//real/rel",
+                  "nope/", "nope/..", "lnk/.."):
+        for call in (fs.stat, fs.lstat):
+            # twice: the second may come from a cache
+            out.append((shape, outcome(call, shape), outcome(call, shape)))
+        out.append((shape, outcome(fs.statx, shape, mod.CEPH_STATX_INO, 0),
+                    outcome(fs.readlink, shape, 100)))
     out.append(outcome(fs.chdir, "rel"))
     out.append(outcome(fs.chdir, "nope"))
     fs.chdir("/")
