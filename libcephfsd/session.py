@@ -33,8 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Symlinks followed while resolving a chdir target, as the kernel's MAXSYMLINKS.
-MAX_SYMLINKS = 40
 #: libcephfs's initial umask, which each session starts from.
 DEFAULT_UMASK = 0o022
 
@@ -514,45 +512,24 @@ class Session:
     # -- per-session state -----------------------------------------------------
 
     def op_chdir(self, path: bytes) -> bytes:
-        fs = self._fs()
-        target = self._resolve(fs, self._path(path))
+        fs, p = self._fs(), self._path(path)
+        # The session's cwd is kept resolved (no symlink, no '..') so that
+        # ``cwd + '/' + rel`` names what the real cwd would, and getcwd()
+        # answers what libcephfs would.
+        try:
+            _, target, _ = walk(fs, p, follow=True, full=False)
+        except NegativeLookup as exc:
+            raise SessionError(exc.errno, f"chdir: {p.decode(errors='replace')}: "
+                               "no such file or directory", ErrorSource.CEPHFS) from None
+        except Uncacheable:
+            fs.stat(p)          # a shape like 'file/..': libcephfs's own error
+            raise SessionError(errno.ENOTDIR, "chdir: not a directory",
+                               ErrorSource.CEPHFS) from None
         if not stat_mod.S_ISDIR(fs.stat(target).st_mode):
             raise SessionError(errno.ENOTDIR, f"chdir: {target.decode(errors='replace')} "
                                "is not a directory", ErrorSource.CEPHFS)
         self.cwd = target
         return target
-
-    def _resolve(self, fs: Any, path: bytes) -> bytes:
-        """*path* (absolute) with every symlink and '..' resolved, as a walk would.
-
-        The session's cwd is kept resolved so that ``cwd + '/' + rel`` names
-        what the real cwd would, and getcwd() answers what libcephfs would.
-        """
-        pending = [c for c in reversed(path.split(b"/")) if c]
-        resolved: list[bytes] = []
-        links = 0
-        while pending:
-            part = pending.pop()
-            if part == b".":
-                continue
-            if part == b"..":
-                if resolved:
-                    resolved.pop()
-                continue
-            candidate = b"/" + b"/".join(resolved + [part])
-            st = fs.stat(candidate, follow_symlink=False)
-            if stat_mod.S_ISLNK(st.st_mode):
-                links += 1
-                if links > MAX_SYMLINKS:
-                    raise SessionError(errno.ELOOP, "chdir: too many levels of symbolic links",
-                                       ErrorSource.CEPHFS)
-                target = fs.readlink(candidate, protocol.PATH_MAX)
-                if target[:1] == b"/":
-                    resolved = []
-                pending.extend(c for c in reversed(target.split(b"/")) if c)
-            else:
-                resolved.append(part)
-        return b"/" + b"/".join(resolved)
 
     def op_getcwd(self) -> bytes:
         self._fs()

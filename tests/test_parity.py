@@ -303,6 +303,8 @@ def cwd_and_relative_paths(fs, mod, base):
             out.append((shape, outcome(call, shape), outcome(call, shape)))
         out.append((shape, outcome(fs.statx, shape, mod.CEPH_STATX_INO, 0),
                     outcome(fs.readlink, shape, 100)))
+        out.append((shape, outcome(fs.chdir, shape), fs.getcwd()))
+        fs.chdir(f"{base}/real")
     out.append(outcome(fs.chdir, "rel"))
     out.append(outcome(fs.chdir, "nope"))
     fs.chdir("/")
