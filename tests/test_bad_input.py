@@ -161,3 +161,31 @@ def test_many_abusive_connections_do_not_harm_the_daemon(proxy_env, bystander):
             raw.send_raw(frame(b"\xc1" * (i % 7 + 1)))
             expect_goodbye(raw, errno.EPROTO)
     assert proxy_env.alive()
+
+
+@pytest.mark.parametrize("op,args", [
+    # Each of these aborts (ceph_assert) or hangs libcephfs 16.2.15 if it gets
+    # there as is: the daemon must neither die nor stall.
+    (Op.MKDIR, [b"//", 0o755]),
+    (Op.UNLINK, [b"//", ]),
+    (Op.RENAME, [b"//", b"/q-never"]),
+    (Op.RMDIR, [b"////"]),
+    (Op.MKDIR, [b"///libcephfsd-slashes", 0o755]),
+    (Op.SYMLINK, [b"", b"/libcephfsd-empty-target"]),
+    (Op.SYMLINK, [b"\x00abc", b"/libcephfsd-nul-target"]),
+])
+def test_inputs_that_would_crash_libcephfs_are_answered(raw, bystander, ceph_conf, direct_fs,
+                                                         op, args):
+    raw.call(Op.CREATE, [None])
+    with open(ceph_conf, "rb") as f:
+        raw.call(Op.CONF_READ_FILE, ["ceph.conf", f.read()])
+    raw.call(Op.MOUNT, [None, b"cephfs"])
+    reply = raw.request(op, args)
+    assert isinstance(reply, Reply)
+    if op == Op.MKDIR and args[0].strip(b"/"):
+        assert reply.errno == 0          # '///x' is '/x'
+        direct_fs.rmdir(b"/libcephfsd-slashes")
+    else:
+        assert reply.errno in (errno.EEXIST, errno.EISDIR, errno.EBUSY, errno.ENOENT,
+                               errno.ENOTEMPTY), reply
+    assert raw.call(Op.PING) is None
