@@ -39,6 +39,25 @@ os.environ["TZ"] = "UTC"
 time.tzset()
 
 
+#: Options whose value the daemon keeps at its own (the defaults of a fresh
+#: instance) for every mount: where it loads code from, which messenger it
+#: runs (``ms_type = bogus`` trips a ceph_assert in 16.2.15), and the debug
+#: switches built to kill, stall or fail a process on purpose.
+DAEMON_OWNED = (
+    "plugin_dir", "erasure_code_dir", "crash_dir",
+    "ms_type", "ms_public_type", "ms_cluster_type", "ms_async_rdma_type",
+    "ms_die_on_bad_msg", "ms_die_on_bug", "ms_die_on_old_message",
+    "ms_die_on_skipped_message", "ms_die_on_unhandled_msg",
+    "ms_inject_delay_max", "ms_inject_delay_probability", "ms_inject_delay_type",
+    "ms_inject_internal_delays", "ms_inject_socket_failures",
+    "client_debug_inject_tick_delay", "client_inject_fixed_oldest_tid",
+    "client_inject_release_failure", "objecter_debug_inject_relock_delay",
+    "objecter_inject_no_watch_ping", "heartbeat_inject_failure", "inject_early_sigterm",
+    "debug_asok_assert_abort", "debug_asserts_on_shutdown", "lockdep",
+    "lockdep_force_backtrace",
+)
+
+
 class CephBackend:
     """Creates libcephfs instances and translates their errors."""
 
@@ -46,9 +65,10 @@ class CephBackend:
         probe = cephfs.LibCephFS()
         #: (major, minor, extra) of the libcephfs this daemon runs.
         self.version: tuple[int, int, int] = probe.version()
-        #: This daemon's own values of options a client may not redirect.
-        self.defaults = {name: probe.conf_get(name)
-                         for name in ("plugin_dir", "erasure_code_dir", "crash_dir")}
+        #: This daemon's own values of the options in DAEMON_OWNED that this
+        #: libcephfs has.
+        self.defaults = {name: value for name in DAEMON_OWNED
+                         if (value := probe.conf_get(name)) is not None}
         self.destroy(probe)
 
     def __repr__(self) -> str:

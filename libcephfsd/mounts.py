@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backend import CephBackend, watch_invalidations
+from .backend import DAEMON_OWNED, CephBackend, watch_invalidations
 from .peer import Peer, read_file_as
 
 log = logging.getLogger(__name__)
@@ -41,14 +41,14 @@ def normalize_option(name: str) -> str:
     return name.strip().lower().replace(" ", "_").replace("-", "_")
 
 
-#: Options the daemon decides.  Values are filled in per mount by ``_forced``.
+#: Options the daemon decides, per peer (below) or as its own (DAEMON_OWNED).
 GUARDED = frozenset({
     "client_mount_uid", "client_mount_gid", "client_permissions", "fuse_default_permissions",
     "admin_socket", "admin_socket_mode", "log_file", "log_to_file", "log_to_stderr",
-    "run_dir", "pid_file", "heartbeat_file", "plugin_dir", "erasure_code_dir", "crash_dir",
+    "run_dir", "pid_file", "heartbeat_file",
     "chdir", "setuser", "setgroup", "setuser_match_path", "daemonize",
     "client_die_on_failed_remount", "client_die_on_failed_dentry_invalidate",
-})
+}) | frozenset(DAEMON_OWNED)
 
 #: argv elements that would make libcephfs read a file named by the client.
 _ARGV_FILE_FLAGS = ("-c", "--conf", "--conf_file", "--conf-file")
@@ -108,8 +108,9 @@ class MountConfig:
     def set(self, option: bytes, value: bytes) -> None:
         name = normalize_option(option.decode(errors="replace"))
         if name in GUARDED:
-            forced = forced_options(self.peer, self._backend.defaults, self._private_dir)[name]
-            if _canonical(value.decode(errors="replace")) != _canonical(forced):
+            forced = forced_options(self.peer, self._backend.defaults,
+                                    self._private_dir).get(name)
+            if forced is None or _canonical(value.decode(errors="replace")) != _canonical(forced):
                 raise ConfigError(errno.EPERM, f"option {name!r} is set by libcephfsd "
                                   f"(to {forced!r} for this client), not by clients")
         self.fs.conf_set(option, value)
@@ -192,7 +193,7 @@ def forced_options(peer: Peer, defaults: dict[str, str], private_dir: str) -> di
         "client_die_on_failed_dentry_invalidate": "false",
     }
     forced.update(defaults)
-    assert forced.keys() == GUARDED, "GUARDED and forced_options() must name the same options"
+    assert forced.keys() <= GUARDED, "forced_options() may only set GUARDED options"
     return forced
 
 

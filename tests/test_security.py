@@ -210,3 +210,24 @@ def test_wrong_key_is_refused_by_the_cluster(cephx_cluster, cephx_daemon):
                   mount_steps(conf, "fsuser", keyring=str(bad), client_mount_timeout="10"))
     assert out[-1][0] != "ok"
     shutil.rmtree(bad.parent)
+
+
+def test_options_that_would_crash_the_daemon_are_its_own(daemon, ceph_conf, tree):
+    """ms_type=bogus trips a ceph_assert in libcephfs at init: from a client,
+    it would take the daemon down for everyone."""
+    evil = Path(public_dir("crashing-conf-")) / "ceph.conf"
+    evil.write_text(Path(ceph_conf).read_text() + "\n[client]\nms type = bogus\n"
+                    "ms die on bug = true\nms inject socket failures = 1\nlockdep = true\n")
+    evil.chmod(0o644)
+    out = as_user(daemon.socket_path, [["new", ceph_conf, None],
+                                       ["conf_set", "ms_type", "bogus"],
+                                       ["conf_set", "ms-die-on-bad-msg", "true"],
+                                       ["conf_parse_argv", ["--ms_inject_socket_failures=5"]]])
+    assert [r[:2] for r in out[1:]] == [["PermissionError", 1]] * 3
+    out = as_user(daemon.socket_path, mount_steps(str(evil)) + [
+        ["conf_get", "ms_type"], ["conf_get", "ms_die_on_bug"],
+        ["conf_get", "ms_inject_socket_failures"], ["stat", "/"]])
+    assert out[-5] == ["ok", None]
+    assert out[-4] == ["ok", "async+posix"] and out[-3] == ["ok", "false"]
+    assert out[-2] == ["ok", "0"] and out[-1][0] == "ok"
+    assert daemon.alive()
