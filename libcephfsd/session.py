@@ -100,6 +100,9 @@ def _stat_list(st: Any) -> list:
 
 
 _SLASHES = re.compile(rb"/{2,}")
+#: File types mknod(2) creates (0: a regular file, as Linux takes it).
+_MKNOD_TYPES = frozenset({0, stat_mod.S_IFREG, stat_mod.S_IFCHR, stat_mod.S_IFBLK,
+                          stat_mod.S_IFIFO, stat_mod.S_IFSOCK})
 
 
 def _collapse_slashes(path: bytes) -> bytes:
@@ -690,6 +693,13 @@ class Session:
         return self._answer(target, deps, seq0)
 
     def op_mknod(self, path: bytes, mode: int, rdev: int) -> None:
+        # mknod(2) makes regular, device, FIFO and socket files only (EINVAL
+        # otherwise).  libcephfs forwards any type, and the Pacific MDS
+        # asserts (C_MDS_mknod_finish: ceph_assert(dir)) on S_IFDIR: found by
+        # fuzzing, it took the MDS down for every client of the cluster.
+        if stat_mod.S_IFMT(mode) not in _MKNOD_TYPES:
+            raise SessionError(errno.EINVAL, f"mknod: file type {stat_mod.S_IFMT(mode):#o} "
+                               "is not one mknod makes", ErrorSource.CEPHFS)
         p = self._path(path)
         with self._changing(lambda: self._entry_deps(p)):
             self._fs().mknod(p, mode, rdev)

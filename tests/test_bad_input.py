@@ -173,6 +173,9 @@ def test_many_abusive_connections_do_not_harm_the_daemon(proxy_env, bystander):
     (Op.MKDIR, [b"///libcephfsd-slashes", 0o755]),
     (Op.SYMLINK, [b"", b"/libcephfsd-empty-target"]),
     (Op.SYMLINK, [b"\x00abc", b"/libcephfsd-nul-target"]),
+    # mknod of a directory kills the Pacific MDS itself (for every client).
+    (Op.MKNOD, [b"/libcephfsd-mknod-dir", 0o40755, 0]),
+    (Op.MKNOD, [b"/libcephfsd-mknod-link", 0o120777, 0]),
 ])
 def test_inputs_that_would_crash_libcephfs_are_answered(raw, bystander, ceph_conf, direct_fs,
                                                          op, args):
@@ -187,5 +190,6 @@ def test_inputs_that_would_crash_libcephfs_are_answered(raw, bystander, ceph_con
         direct_fs.rmdir(b"/libcephfsd-slashes")
     else:
         assert reply.errno in (errno.EEXIST, errno.EISDIR, errno.EBUSY, errno.ENOENT,
-                               errno.ENOTEMPTY), reply
+                               errno.ENOTEMPTY, errno.EINVAL), reply
     assert raw.call(Op.PING) is None
+    assert direct_fs.stat("/").st_ino == 1     # the cluster's MDS lives too
