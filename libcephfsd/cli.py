@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import faulthandler
 import logging
 import os
 import resource
@@ -79,7 +80,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Serve CephFS to many local processes through one shared libcephfs. "
                     "Clients (the libcephfs_proxy library) connect over a unix socket; "
                     "those with the same configuration and credentials share one mount, "
-                    "and each runs with the uid/gid the kernel reports for it.")
+                    "and each runs with the uid/gid the kernel reports for it. "
+                    "SIGTERM/SIGINT shut down cleanly; SIGUSR1 writes every thread's "
+                    "stack to stderr.")
     parser.add_argument(
         "--socket", metavar="PATH",
         default=os.environ.get("LIBCEPHFSD_SOCKET") or DEFAULT_SOCKET,
@@ -180,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        # `kill -USR1 <pid>`: every thread's Python stack on stderr, for a
+        # call that seems stuck.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         log.info("libcephfsd %s ready on %s (pid %d, libcephfs %s, client cache %s, "
                  "descriptor limit %d)", __version__, args.socket, os.getpid(),
                  ".".join(map(str, server.backend.version)),

@@ -264,3 +264,10 @@ def test_the_descriptor_limit_is_raised_to_the_hard_limit(tmp_path):
         proc.terminate()
         assert proc.wait(30) == 0
         log.close()
+
+
+def test_sigusr1_dumps_every_thread_stack(own_daemon):
+    d = own_daemon()
+    d.proc.send_signal(signal.SIGUSR1)
+    wait_for(lambda: "serve_forever" in d.log(), what="a stack dump in the log")
+    assert d.alive() and "most recent call first" in d.log()
