@@ -23,7 +23,7 @@ import weakref
 from typing import Any, Callable, Hashable
 
 from libcephfsd import protocol
-from libcephfsd.coherence import CLIENT_STATS, CLIENT_STATS_AT, EPOCH, PAGE_SIZE, SENT, dep_from_wire
+from libcephfsd.coherence import CLIENT_STATS_AT, EPOCH, PAGE_SIZE, SENT, dep_from_wire
 from libcephfsd.protocol import Event, EventKind, Feature, Op, Reply, Request, ServerHello
 from libcephfsd.transport import ConnectionClosed, SocketTransport
 
@@ -106,7 +106,8 @@ class Connection:
             raise DaemonUnavailable(
                 f"no libcephfsd answers on {self.path}: {exc.strerror or exc} "
                 "(is the daemon running? set LIBCEPHFSD_SOCKET to its socket)") from exc
-        self._transport = SocketTransport(sock, max_data_in=0, max_data_out=0)
+        self._transport = SocketTransport(sock, max_data_in=protocol.HANDSHAKE_MAX_DATA,
+                                          max_data_out=protocol.HANDSHAKE_MAX_DATA)
         try:
             self.hello = self._handshake(cache_entries)
         except (ErrorReply, protocol.RemoteProtocolError, OSError, ValueError) as exc:

@@ -709,15 +709,12 @@ class LibCephFS:
         self.require_state("mounted")
         path = cstr(path, "path")
         size = _cint(size)
-        if size >= PATH_MAX:
-            return self._cached((2, self._abs(path)), Op.READLINK, (path, PATH_MAX),
-                                _same, "error in readlink")
-        # A short buffer gets a cut target: not what the cache holds.
-        if self._conn is not None and self._conn.cache is not None:
-            target = self._cached((2, self._abs(path)), Op.READLINK, (path, PATH_MAX),
-                                  _same, "error in readlink")
-            return target[:max(size, 0)]
-        return self._call(Op.READLINK, (path, size), "error in readlink")[0]
+        if size < PATH_MAX and (self._conn is None or self._conn.cache is None):
+            return self._call(Op.READLINK, (path, size), "error in readlink")[0]
+        # The cache holds whole targets; a short buffer gets a cut one.
+        target = self._cached((2, self._abs(path)), Op.READLINK, (path, PATH_MAX),
+                              _same, "error in readlink")
+        return target if size >= PATH_MAX else target[:max(size, 0)]
 
     def unlink(self, path: Any) -> None:
         self.require_state("mounted")

@@ -415,6 +415,8 @@ class NegativeLookup(Exception):
         super().__init__(message)
         self.errno = err
         self.deps = deps
+        #: tracker.begin() before the walk, set by whoever may cache the miss
+        self.seq0: int | None = None
 
 
 #: statx mask for what a walk needs of each component: its inode number and

@@ -689,14 +689,11 @@ def check_args(op: int, args: list) -> tuple[Op, list]:
     kinds = ARGS.get(op, ())
     if len(args) != len(kinds):
         raise RequestError(f"{op.name} takes {len(kinds)} arguments, got {len(args)}")
-    try:
-        return op, [kind(arg) for kind, arg in zip(kinds, args)]
-    except TypeError as exc:
-        # The failing position is the first one whose kind rejects its value.
-        for i, (kind, arg) in enumerate(zip(kinds, args)):
-            try:
-                kind(arg)
-            except TypeError:
-                raise RequestError(f"{op.name} argument {i} must be {exc}, "
-                                   f"not {type(arg).__name__}") from None
-        raise RequestError(f"{op.name}: {exc}") from None
+    checked = []
+    for i, (kind, arg) in enumerate(zip(kinds, args, strict=True)):
+        try:
+            checked.append(kind(arg))
+        except TypeError as exc:
+            raise RequestError(f"{op.name} argument {i} must be {exc}, "
+                               f"not {type(arg).__name__}") from None
+    return op, checked

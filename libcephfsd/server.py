@@ -31,8 +31,8 @@ from .backend import CephBackend
 from .coherence import Coherence
 from .mounts import MountRegistry
 from .peer import peer_of
-from .protocol import (DEFAULT_MAX_DATA, ErrorSource, Event, EventKind, FrameError, Reply,
-                       Request, RequestError)
+from .protocol import (DEFAULT_MAX_DATA, HANDSHAKE_MAX_DATA, ErrorSource, Event, EventKind,
+                       FrameError, Reply, Request, RequestError)
 from .session import Session
 from .transport import ConnectionClosed, SocketTransport
 
@@ -265,7 +265,8 @@ class _Connection:
     def __init__(self, server: Server, sock: socket.socket, session: Session):
         self.server = server
         self.session = session
-        self.transport = SocketTransport(sock, max_data_in=0, max_data_out=server.max_data)
+        self.transport = SocketTransport(sock, max_data_in=HANDSHAKE_MAX_DATA,
+                                         max_data_out=server.max_data)
         self.transport.before_data = self._reserve
         session.transport = self.transport
         session.reserve = self._reserve

@@ -215,7 +215,7 @@ class Session:
                 return Reply(rid, 0, result.result, b"", _meta(result.deadline, result.deps))
             return Reply(rid, 0, result)
         except NegativeLookup as exc:
-            deadline = self._register(exc.deps, exc.seq0) if hasattr(exc, "seq0") else None
+            deadline = self._register(exc.deps, exc.seq0) if exc.seq0 is not None else None
             return Reply(rid, exc.errno, [str(exc), ErrorSource.CEPHFS], b"",
                          _meta(deadline, exc.deps) if deadline is not None else None)
         except SessionError as exc:
@@ -279,7 +279,7 @@ class Session:
         try:
             st, canonical, deps = walk(self._fs(), path, follow, full)
         except NegativeLookup as exc:
-            exc.seq0 = seq0  # type: ignore[attr-defined]
+            exc.seq0 = seq0
             raise
         return st, canonical, deps, seq0
 
@@ -328,12 +328,10 @@ class Session:
         """What changes with the directory entry at *path*: the entry, its
         directory, the object it names (and a directory's '..')."""
         fs = self._fs()
-        trimmed = path.rstrip(b"/") or b"/"
-        parent, _, name = trimmed.rpartition(b"/")
-        if name in (b"", b".", b".."):
+        trimmed, entry = self._entry_of(path)
+        if entry is None:
             raise ValueError("no single entry")
-        pino = fs.statx(parent or b"/", 0x100, 0)["ino"]       # follows symlinks
-        deps: list = [(pino, name), pino]
+        deps: list = [entry, entry[0]]
         try:
             ino, kind = ino_and_type(fs, trimmed)
         except Exception as exc:
@@ -348,13 +346,20 @@ class Session:
     def _inode_deps(self, path: bytes, follow: bool = True) -> list:
         """The inode *path* names now, and the entry naming it (so that answers
         keyed by this path go even if the name was re-bound meanwhile)."""
-        fs = self._fs()
+        ino = self._fs().statx(path, 0x100,
+                               0 if follow else protocol.AT_SYMLINK_NOFOLLOW)["ino"]
+        _, entry = self._entry_of(path)
+        return [ino] if entry is None else [ino, entry]
+
+    def _entry_of(self, path: bytes) -> tuple[bytes, tuple[int, bytes] | None]:
+        """(*path* without trailing slashes, its entry (parent_ino, name)), the
+        entry None for '/', '.' and '..', which name no single entry."""
         trimmed = path.rstrip(b"/") or b"/"
         parent, _, name = trimmed.rpartition(b"/")
-        ino = fs.statx(path, 0x100, 0 if follow else protocol.AT_SYMLINK_NOFOLLOW)["ino"]
-        if not name or name in (b".", b".."):
-            return [ino]
-        return [ino, (fs.statx(parent or b"/", 0x100, 0)["ino"], name)]
+        if name in (b"", b".", b".."):
+            return trimmed, None
+        # the parent is looked up following symlinks, as the change will be
+        return trimmed, (self._fs().statx(parent or b"/", 0x100, 0)["ino"], name)
 
     def _fd_deps(self, fd: int) -> list:
         """The inode of an fd this session owns (callers check ownership first)."""

@@ -66,7 +66,7 @@ class SocketTransport:
         data = self._read(data_len) if data_len else b""
         return decode_body(body, data)
 
-    def receive_with_fds(self, max_fds: int = 4) -> tuple[Message, list[int]]:
+    def receive_with_fds(self) -> tuple[Message, list[int]]:
         """The next message and any descriptors that came with its bytes."""
         self._fds = []
         try:

@@ -20,6 +20,16 @@ REPO = Path(__file__).resolve().parent.parent
 NOBODY = 65534
 
 
+class Clock:
+    """A clock tests move by hand (``clock.now = ...``): no sleeping."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.02, what: str = "condition"):
     """Poll *predicate* until it returns a truthy value; fail after *timeout*."""
     deadline = time.monotonic() + timeout

@@ -12,7 +12,7 @@ import time
 import pytest
 
 import libcephfs_proxy as proxy
-from helpers import Daemon, RawClient, public_dir, wait_for
+from helpers import Clock, Daemon, RawClient, public_dir, wait_for
 from libcephfsd import protocol
 from libcephfsd.backend import cephfs
 from libcephfsd.coherence import EPOCH, SENT, CacheTracker, Notifier
@@ -231,14 +231,6 @@ def test_an_epoch_change_drops_the_whole_cache(monkeypatch, tmp_path):
 # -- the daemon's bookkeeping, with an injected clock -------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def notifiers():
     made, socks = [], []
@@ -270,7 +262,7 @@ def read_events(n: Notifier) -> list:
 
 
 def test_tracker_notifies_exactly_the_sessions_caching_a_dep(notifiers):
-    clock = Clock()
+    clock = Clock(100.0)
     tracker = CacheTracker("fs", ttl=1.0, max_records=1000, timer=clock)
     a, b, c = notifiers(1), notifiers(2), notifiers(3)
     assert tracker.register(a, [10, (10, b"x")], tracker.begin()) == 101.0
@@ -285,7 +277,7 @@ def test_tracker_notifies_exactly_the_sessions_caching_a_dep(notifiers):
 
 
 def test_tracker_refuses_a_fill_that_raced_with_a_change(notifiers):
-    tracker = CacheTracker("fs", ttl=1.0, max_records=1000, timer=Clock())
+    tracker = CacheTracker("fs", ttl=1.0, max_records=1000, timer=Clock(100.0))
     a = notifiers(1)
     seq0 = tracker.begin()
     tracker.invalidate([(7, b"name")])         # the change lands while a reads
@@ -297,7 +289,7 @@ def test_tracker_refuses_a_fill_that_raced_with_a_change(notifiers):
 
 
 def test_tracker_bounds_per_session_and_per_filesystem(notifiers):
-    clock = Clock()
+    clock = Clock(100.0)
     tracker = CacheTracker("fs", ttl=1.0, max_records=25, timer=clock)
     a, b = notifiers(1, max_deps=10), notifiers(2)
     assert tracker.register(a, list(range(10)), tracker.begin()) is not None
@@ -310,7 +302,7 @@ def test_tracker_bounds_per_session_and_per_filesystem(notifiers):
 
 
 def test_tracker_tolerates_a_session_closing_during_delivery(notifiers):
-    tracker = CacheTracker("fs", ttl=10.0, max_records=100, timer=Clock())
+    tracker = CacheTracker("fs", ttl=10.0, max_records=100, timer=Clock(100.0))
     a, b = notifiers(1), notifiers(2)
     tracker.register(a, [1], tracker.begin())
     tracker.register(b, [1], tracker.begin())
@@ -322,7 +314,7 @@ def test_tracker_tolerates_a_session_closing_during_delivery(notifiers):
 
 
 def test_tracker_declares_a_full_socket_invalid(notifiers):
-    tracker = CacheTracker("fs", ttl=10.0, max_records=10 ** 6, timer=Clock())
+    tracker = CacheTracker("fs", ttl=10.0, max_records=10 ** 6, timer=Clock(100.0))
     a = notifiers(1)
     a.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     sent = 0

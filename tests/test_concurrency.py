@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 
-import libcephfs_proxy
 from helpers import wait_for
 
 LOCK_EX, LOCK_UN = 2, 8

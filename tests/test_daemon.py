@@ -15,7 +15,6 @@ import pytest
 
 import libcephfs_proxy
 from helpers import REPO, Daemon, RawClient, evict, public_dir, wait_for
-from libcephfsd.protocol import Op
 
 FS_NAME = "cephfs"
 
@@ -188,7 +187,6 @@ def test_same_configuration_and_credentials_share_one_mount(proxy_env, ceph_conf
 
 
 def test_config_file_content_not_path_decides_sharing(proxy_env, ceph_conf, tmp_path):
-    daemon = proxy_env
     copy = tmp_path / "copy.conf"
     base_conf = Path(ceph_conf).read_text()
     copy.write_text(base_conf)

@@ -6,15 +6,8 @@ import threading
 
 import pytest
 
+from helpers import Clock
 from libcephfs_proxy.cache import MISS, MetadataCache
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
