@@ -1,0 +1,122 @@
+"""What the measuring tools share: the dev cluster, a daemon process, memory.
+
+Imported by ``tools/bench`` and ``tools/loadtest`` (a script's own folder is
+on ``sys.path``).  Nothing here is part of the daemon or the client library.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+#: Where Debian's python3-cephfs puts the binding (direct libcephfs).
+DIST_PACKAGES = "/usr/lib/python3/dist-packages"
+
+
+def start_cluster(*extra: str) -> str:
+    """Start (or reuse) the dev cluster; returns its ceph.conf path."""
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "ceph-dev-cluster"), "start",
+                          *extra], check=True, capture_output=True, text=True).stdout
+    return out.strip().splitlines()[-1]
+
+
+def evict(ceph_conf: str, instance_id: int) -> None:
+    """Evict a CephFS client that died holding caps, so others need not wait
+    for the MDS to time its session out."""
+    subprocess.run(["ceph", "-c", ceph_conf, "tell", "mds.*", "client", "evict",
+                    f"id={instance_id}"], check=False, capture_output=True, timeout=60)
+
+
+class DaemonProcess:
+    """A libcephfsd on a private socket, its log in a temporary directory."""
+
+    def __init__(self, *extra: str, log_level: str = "warning"):
+        self.dir = tempfile.mkdtemp(prefix="libcephfsd-tool-")
+        self.socket = os.path.join(self.dir, "d.sock")
+        self.log_path = os.path.join(self.dir, "d.log")
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "libcephfsd", "--socket", self.socket,
+                                      "--log-level", log_level, *extra],
+                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.socket):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise SystemExit(f"libcephfsd did not start: see {self.log_path}")
+            time.sleep(0.05)
+
+    def __repr__(self) -> str:
+        return f"<DaemonProcess pid={self.proc.pid} {self.socket}>"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of *pid* in KiB (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size of *pid* in KiB: shared pages split among their
+    users, so a sum over processes counts a shared library once."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def threads_of(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except FileNotFoundError:
+        return 0
+
+
+def mem_available_kib() -> int:
+    """The kernel's estimate of memory available without swapping, in KiB."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1])
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
+def parse_size(text: str) -> int:
+    """'16MiB', '64k', '4G', '4096' -> bytes (binary units)."""
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    num = t.rstrip("kmgt")
+    return int(float(num) * units[t[len(num):]])
