@@ -38,6 +38,7 @@ import errno
 import logging
 import mmap
 import os
+import select
 import socket
 import statistics
 import threading
@@ -129,11 +130,16 @@ class Notifier:
         while rest:
             timeout = deadline - time.monotonic()
             try:
-                if timeout <= 0:
+                # No settimeout: the timeout is the socket's, and the
+                # connection's own thread is receiving on it meanwhile.
+                writable = select.poll()     # not select(): fds pass 1024 here
+                writable.register(self.sock, select.POLLOUT)
+                if timeout <= 0 or not writable.poll(timeout * 1000):
                     raise TimeoutError
-                self.sock.settimeout(timeout)
-                n = self.sock.send(rest)
+                n = self.sock.send(rest, socket.MSG_DONTWAIT)
                 rest = rest[n:]
+            except BlockingIOError:
+                continue
             except OSError:
                 log.warning("session %d: invalidation stuck half-written; closing it",
                             self.session_id)
@@ -143,8 +149,6 @@ class Notifier:
                 except OSError:
                     pass
                 return False
-            finally:
-                self.sock.settimeout(None)
         return True
 
     def _give_up(self, why: str) -> None:
