@@ -25,7 +25,7 @@ from typing import Any, Callable, Hashable
 from libcephfsd import protocol
 from libcephfsd.coherence import CLIENT_STATS_AT, EPOCH, PAGE_SIZE, SENT, dep_from_wire
 from libcephfsd.protocol import Event, EventKind, Feature, Op, Reply, Request, ServerHello
-from libcephfsd.transport import ConnectionClosed, SocketTransport
+from libcephfsd.transport import ConnectionClosed, SocketTransport, SpinPoll
 
 from ._errors import DaemonUnavailable, ProtocolError
 from .cache import MISS, MetadataCache
@@ -65,6 +65,24 @@ def cache_settings() -> int | None:
     except ValueError:
         entries = 4096
     return max(1, entries)
+
+
+def spin_budget_us() -> float:
+    """How long a call polls for its reply before sleeping: $LIBCEPHFS_PROXY_SPIN_US
+    microseconds (default 100; 0 never).  Only a single-threaded process polls."""
+    try:
+        return max(0.0, min(float(os.environ.get("LIBCEPHFS_PROXY_SPIN_US", "100")), 10000.0))
+    except ValueError:
+        return 100.0
+
+
+def _single_threaded() -> bool:
+    # A polling thread keeps retaking the GIL from the process's other threads.
+    return threading.active_count() == 1
+
+
+#: One polling thread per process.
+_SPIN_GATE = threading.Lock()
 
 
 def socket_path() -> str:
@@ -117,6 +135,9 @@ class Connection:
             raise ProtocolError(f"libcephfsd at {self.path} refused the handshake: {exc}") from exc
         self._transport.max_data_in = self.hello.max_data
         self._transport.max_data_out = self.hello.max_data
+        spin = spin_budget_us()
+        if spin > 0:
+            self._transport.spin = SpinPoll(spin, _SPIN_GATE, _single_threaded)
 
     def _handshake(self, cache_entries: int | None) -> ServerHello:
         features = Feature.CLIENT_CACHE if cache_entries else Feature(0)

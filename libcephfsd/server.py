@@ -34,7 +34,7 @@ from .peer import peer_of
 from .protocol import (DEFAULT_MAX_DATA, HANDSHAKE_MAX_DATA, ErrorSource, Event, EventKind,
                        FrameError, Reply, Request, RequestError)
 from .session import Session
-from .transport import ConnectionClosed, SocketTransport
+from .transport import ConnectionClosed, SocketTransport, SpinPoll
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 #: calls are shallow.  Only touched pages cost memory, but this bounds the
 #: address space of thousands of threads.
 THREAD_STACK = 512 << 10
+#: A connection polls only if no other one received a request for this long (s).
+_QUIET_FOR = 0.002
 
 
 class ByteBudget:
@@ -92,13 +94,20 @@ class Server:
     def __init__(self, socket_path: str, *, socket_mode: int = 0o660,
                  max_data: int = DEFAULT_MAX_DATA, private_dir: str,
                  shutdown_timeout: float = 30.0, backend: CephBackend | None = None,
-                 coherence: Coherence | None = None, max_inflight: int | None = None):
+                 coherence: Coherence | None = None, max_inflight: int | None = None,
+                 spin_us: float = 0.0):
         self.socket_path = socket_path
         self.socket_mode = socket_mode
         self.max_data = max_data
         #: File data held for requests, across all connections.
         self.budget = ByteBudget(max(max_inflight or 64 * max_data, max_data))
         self.shutdown_timeout = shutdown_timeout
+        #: How long a connection's thread polls for its client's next request
+        #: before sleeping (0: never); see SpinPoll and _Connection._may_spin.
+        self.spin_us = spin_us
+        self._spin_gate = threading.Lock()
+        #: The connection that received a request last, and when.
+        self.last_request: tuple[_Connection | None, float] = (None, 0.0)
         self.private_dir = private_dir
         self.backend = backend or CephBackend()
         #: Client caches and their invalidation, when enabled (--enable-client-cache).
@@ -268,12 +277,22 @@ class _Connection:
         self.transport = SocketTransport(sock, max_data_in=HANDSHAKE_MAX_DATA,
                                          max_data_out=server.max_data)
         self.transport.before_data = self._reserve
+        if server.spin_us > 0:
+            self.transport.spin = SpinPoll(server.spin_us, server._spin_gate, self._may_spin)
         session.transport = self.transport
         session.reserve = self._reserve
         #: Bytes of the budget this connection holds for the request in hand.
         self.reserved = 0
         self.thread = threading.Thread(target=self._run, name=f"session-{session.id}",
                                        daemon=True)
+
+    def _may_spin(self) -> bool:
+        # Poll only while this client is the one keeping the daemon busy: a
+        # polling thread keeps retaking the GIL, which would slow another
+        # connection's thread down, and when several are busy the CPUs are
+        # not idle, so wake-ups are cheap anyway.
+        last, at = self.server.last_request
+        return last is self or time.perf_counter() - at > _QUIET_FOR
 
     def _reserve(self, n: int) -> None:
         self.server.budget.acquire(n)
@@ -300,6 +319,7 @@ class _Connection:
                     continue
                 if type(request) is not Request:
                     raise FrameError(f"a client may only send requests, not {request!r}")
+                self.server.last_request = (self, time.perf_counter())
                 try:
                     reply = session.handle(request)
                     with session.send_lock:

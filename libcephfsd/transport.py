@@ -10,12 +10,77 @@ from __future__ import annotations
 
 import array
 import socket
-from typing import Any
+import threading
+import time
+from typing import Any, Callable
 
 from .protocol import HEADER_SIZE, Message, decode_body, encode, parse_header
 
 #: Read-ahead per connection.  Small on purpose: a daemon holds thousands.
 READ_AHEAD = 16 << 10
+
+
+class SpinPoll:
+    """Busy-poll a socket briefly before sleeping in the kernel for a message.
+
+    On the 2-vCPU VMs this runs on, waking a thread that sleeps in recv costs
+    tens of microseconds, and the code that runs right after a sleep runs
+    several times slower than warm code (measured: a libcephfs stat takes 47
+    us after a 0.2 ms sleep, 10 us back to back).  A receiver that expects the
+    next message within microseconds (a client waiting for a reply, a daemon
+    thread waiting for a busy client's next call) does better polling the
+    socket for up to *budget_us* first.
+
+    One object per transport: a poll that finds nothing makes that transport
+    sleep at once for the next 1, 3, 7 ... 63 receives, so an idle or slow
+    peer costs at most one budget per 64 receives; a poll that finds data
+    resets that.  *gate* (shared) lets one thread of the process poll at a
+    time, and *allowed* (checked while polling) is the owner's condition, for
+    example that no other thread of the process needs the GIL, since a
+    polling thread keeps taking it back.
+    """
+
+    __slots__ = ("budget", "gate", "allowed", "hits", "misses", "_streak", "_skip")
+
+    def __init__(self, budget_us: float, gate: threading.Lock,
+                 allowed: Callable[[], bool] = lambda: True):
+        self.budget = budget_us / 1e6
+        self.gate = gate
+        self.allowed = allowed
+        self.hits = self.misses = 0
+        self._streak = self._skip = 0
+
+    def __repr__(self) -> str:
+        return (f"<SpinPoll {self.budget * 1e6:.0f}us hits={self.hits} misses={self.misses} "
+                f"skip={self._skip}>")
+
+    def poll(self, sock: socket.socket, view: memoryview) -> int:
+        """Bytes received into *view* while polling, or -1 if none came (sleep then)."""
+        if self._skip:
+            self._skip -= 1
+            return -1
+        allowed = self.allowed
+        if not allowed() or not self.gate.acquire(False):
+            return -1
+        try:
+            recv_into, clock = sock.recv_into, time.perf_counter
+            deadline = clock() + self.budget
+            while True:
+                try:
+                    n = recv_into(view, 0, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    if clock() < deadline and allowed():
+                        continue
+                    break
+                self.hits += 1
+                self._streak = 0
+                return n
+        finally:
+            self.gate.release()
+        self.misses += 1
+        self._streak = min(self._streak + 1, 6)
+        self._skip = (1 << self._streak) - 1
+        return -1
 
 
 class ConnectionClosed(Exception):
@@ -35,7 +100,7 @@ class SocketTransport:
     """
 
     __slots__ = ("sock", "max_data_in", "max_data_out", "_buf", "_view", "_start", "_end",
-                 "_fds", "before_data")
+                 "_fds", "before_data", "spin")
 
     def __init__(self, sock: socket.socket, max_data_in: int, max_data_out: int):
         self.sock = sock
@@ -50,6 +115,8 @@ class SocketTransport:
         #: Called with a frame's data length before its data is read (the
         #: daemon's byte budget: waiting there is the backpressure).
         self.before_data: Any = None
+        #: Polls for the start of each message before sleeping, if set.
+        self.spin: SpinPoll | None = None
 
     def __repr__(self) -> str:
         return f"<SocketTransport fd={self.sock.fileno()} buffered={self._end - self._start}>"
@@ -101,7 +168,11 @@ class SocketTransport:
             self._start, self._end = 0, pending
         while self._end - self._start < need:
             if self._fds is None:
-                n = self.sock.recv_into(self._view[self._end:])
+                n = -1
+                if self.spin is not None and self._start == self._end:
+                    n = self.spin.poll(self.sock, self._view[self._end:])
+                if n < 0:
+                    n = self.sock.recv_into(self._view[self._end:])
             else:
                 n = self._recv_with_fds()
             if n == 0:
