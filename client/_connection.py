@@ -76,6 +76,12 @@ def spin_budget_us() -> float:
         return 100.0
 
 
+def _window_wanted() -> bool:
+    """$LIBCEPHFS_PROXY_WINDOW=0 keeps large I/O inline (no shared window)."""
+    return os.environ.get("LIBCEPHFS_PROXY_WINDOW", "1").strip().lower() not in (
+        "0", "off", "no", "false")
+
+
 def _single_threaded() -> bool:
     # A polling thread keeps retaking the GIL from the process's other threads.
     return threading.active_count() == 1
@@ -110,6 +116,11 @@ class Connection:
         self.cache: MetadataCache | None = None
         self._page: memoryview | None = None
         self._map: mmap.mmap | None = None
+        #: The data window: None until asked for, False if refused.
+        self._window: memoryview | None | bool = None
+        self._window_map: mmap.mmap | None = None
+        #: Held from filling the window to emptying it, across calls.
+        self.window_lock = threading.Lock()
         self._applied = 0
         self._epoch = 0
         self._lookups = 0
@@ -141,6 +152,8 @@ class Connection:
 
     def _handshake(self, cache_entries: int | None) -> ServerHello:
         features = Feature.CLIENT_CACHE if cache_entries else Feature(0)
+        if _window_wanted():
+            features |= Feature.DATA_WINDOW
         request = protocol.hello_request(1, features, {"cache_entries": cache_entries}
                                          if cache_entries else None)
         self._transport.send(request)
@@ -188,6 +201,39 @@ class Connection:
         if reply.errno:
             raise _error_reply(reply)
         return reply.result, reply.data
+
+    def window(self) -> memoryview | None:
+        """The data window shared with the daemon (DATA_WINDOW), or None.
+
+        Asked for on first use (the session must be mounted); refused or
+        unavailable, it stays None and large I/O goes inline.  Use it with
+        ``window_lock`` held.
+        """
+        window = self._window
+        if window is None:
+            window = self._window = self._open_window()
+        return window or None
+
+    def release_window(self) -> None:
+        """Free the window's pages (the daemon asked: its pool is full)."""
+        if self._window_map is not None:
+            self._window_map.madvise(mmap.MADV_REMOVE)
+
+    def _open_window(self) -> memoryview | bool:
+        if Feature.DATA_WINDOW not in self.hello.features:
+            return False
+        fds: list[int] = []
+        with self._lock:
+            reply = self._exchange(Op.WINDOW, (), b"", fds)
+        try:
+            if reply.errno or len(fds) != 1:
+                return False
+            size = int(reply.result["size"])
+            self._window_map = mmap.mmap(fds[0], size)
+            return memoryview(self._window_map)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def fetch(self, op: Op, args: list | tuple, key: Hashable,
               convert: Callable[[Any], Any]) -> Any:
@@ -286,9 +332,10 @@ class Connection:
         for i, value in enumerate(values):
             page[CLIENT_STATS_AT + i] = value
 
-    def _exchange(self, op: Op, args: list | tuple, data: bytes | bytearray | memoryview
-                  ) -> Reply:
-        """One request and its reply; call with the lock held."""
+    def _exchange(self, op: Op, args: list | tuple, data: bytes | bytearray | memoryview,
+                  fds: list[int] | None = None) -> Reply:
+        """One request and its reply; call with the lock held.  Descriptors
+        that come with the reply are appended to *fds* if given."""
         broken = self._broken
         if broken is not None:
             raise DaemonUnavailable(broken)
@@ -296,11 +343,11 @@ class Connection:
         self._next_id = rid + 1 if rid < 0xFFFFFFFF else 1
         try:
             self._transport.send(Request(rid, op, list(args), data))
-            reply = self._transport.receive()
+            reply = self._receive(fds)
             while (isinstance(reply, Event) and reply.kind == EventKind.INVALIDATE
                    and self.cache is not None):
                 self._apply(reply.payload)
-                reply = self._transport.receive()
+                reply = self._receive(fds)
         except (ConnectionClosed, OSError) as exc:
             raise DaemonUnavailable(
                 self._break(f"connection to libcephfsd at {self.path} lost: {exc}")) from exc
@@ -329,12 +376,26 @@ class Connection:
             pass
         return reason
 
+    def _receive(self, fds: list[int] | None) -> Any:
+        if fds is None:
+            return self._transport.receive()
+        message, received = self._transport.receive_with_fds()
+        fds.extend(received)
+        return message
+
     def close(self) -> None:
         with self._lock:
             if self._broken is None:
                 self._broken = "connection closed"
             self.clear_cache()
             self._transport.close()
+            if isinstance(self._window, memoryview):
+                with self.window_lock:
+                    self._window.release()
+                    self._window = False
+            if self._window_map is not None:
+                self._window_map.close()
+                self._window_map = None
             if self._page is not None:
                 self._page.release()
                 self._page = None

@@ -155,6 +155,12 @@ def _lib() -> Any:
         lib.ceph_ll_register_callbacks.argtypes = [ctypes.c_void_p,
                                                    ctypes.POINTER(_CallbackArgs)]
         lib.ceph_ll_register_callbacks.restype = None
+        # int ceph_read/ceph_write(cmount, fd, buf, int64 size, int64 offset)
+        io_args = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64,
+                   ctypes.c_int64]
+        for name in ("ceph_read", "ceph_write"):
+            getattr(lib, name).argtypes = io_args
+            getattr(lib, name).restype = ctypes.c_int
         _libcephfs = lib
     return _libcephfs
 
@@ -174,6 +180,16 @@ def mount_pointer(fs: Any) -> int | None:
         if pointer and _lib().ceph_get_instance_id(pointer) == fs.get_instance_id():
             return pointer
     return None
+
+
+def raw_read(pointer: int, fd: int, address: int, length: int, offset: int) -> int:
+    """ceph_read into memory at *address*: bytes read, or -errno.  Releases the GIL."""
+    return _lib().ceph_read(pointer, fd, address, length, offset)
+
+
+def raw_write(pointer: int, fd: int, address: int, length: int, offset: int) -> int:
+    """ceph_write from memory at *address*: bytes written, or -errno.  Releases the GIL."""
+    return _lib().ceph_write(pointer, fd, address, length, offset)
 
 
 class InvalidationWatch:

@@ -247,6 +247,9 @@ class SharedMount:
     tracker: Any = None
     #: libcephfs's invalidation callbacks on this mount (kept alive with it).
     watch: Any = None
+    #: Its ``struct ceph_mount_info *`` for raw I/O: None until looked up,
+    #: 0 if it cannot be found safely.
+    pointer: int | None = None
     mounted_at: float = field(default_factory=time.time)
     ready: threading.Event = field(default_factory=threading.Event)
 

@@ -71,9 +71,12 @@ class Feature(enum.IntFlag):
     #: Client-side attribute/lookup cache with daemon-pushed invalidations,
     #: granted when the daemon runs with --enable-client-cache.
     CLIENT_CACHE = 0x1
+    #: A memory window shared with the daemon for large reads and writes
+    #: (WINDOW, READ_WINDOW, WRITE_WINDOW).
+    DATA_WINDOW = 0x2
 
 
-SUPPORTED_FEATURES = Feature.CLIENT_CACHE
+SUPPORTED_FEATURES = Feature.CLIENT_CACHE | Feature.DATA_WINDOW
 
 
 class EventKind(enum.IntEnum):
@@ -95,6 +98,7 @@ class Op(enum.IntEnum):
     HELLO = 1
     PING = 2
     STATUS = 3
+    WINDOW = 4
     # configuration and mount: the session's life cycle
     CREATE = 10
     CONF_READ_FILE = 11
@@ -153,6 +157,8 @@ class Op(enum.IntEnum):
     LAZYIO = 97
     LAZYIO_PROPAGATE = 98
     LAZYIO_SYNCHRONIZE = 99
+    READ_WINDOW = 100
+    WRITE_WINDOW = 101
     # directories
     OPENDIR = 110
     READDIR = 111
@@ -636,6 +642,8 @@ ARGS: dict[Op, tuple[Callable[[Any], Any], ...]] = {
     Op.CLOSE: (INT,),
     Op.READ: (INT, INT, UINT),                # fd, offset (<0: file position), length
     Op.WRITE: (INT, INT),                     # fd, offset; data section: the bytes
+    Op.READ_WINDOW: (INT, INT, UINT),         # fd, offset (<0: file position), length
+    Op.WRITE_WINDOW: (INT, INT, UINT),        # fd, offset (<0: file position), length
     Op.PREADV: (INT, UINTS, INT),             # fd, buffer lengths, offset
     Op.PWRITEV: (INT, UINTS, INT),            # fd, buffer lengths, offset; data: buffers
     Op.LSEEK: (INT, INT, INT),                # fd, offset, whence

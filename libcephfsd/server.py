@@ -35,6 +35,7 @@ from .protocol import (DEFAULT_MAX_DATA, HANDSHAKE_MAX_DATA, ErrorSource, Event,
                        FrameError, Reply, Request, RequestError)
 from .session import Session
 from .transport import ConnectionClosed, SocketTransport, SpinPoll
+from .window import WindowPool
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,9 @@ class Server:
         self.max_data = max_data
         #: File data held for requests, across all connections.
         self.budget = ByteBudget(max(max_inflight or 64 * max_data, max_data))
+        #: Clients' data windows: their pages kept between calls fit in half
+        #: the in-flight budget.
+        self.windows = WindowPool(self.budget.limit // 2)
         self.shutdown_timeout = shutdown_timeout
         #: How long a connection's thread polls for its client's next request
         #: before sleeping (0: never); see SpinPoll and _Connection._may_spin.
@@ -257,6 +261,7 @@ class Server:
             "uptime": time.time() - self.started,
             "sessions": sessions, "mounts": mounts,
             "inflight_bytes": self.budget.describe(),
+            "windows": self.windows.describe(),
             "cache": None if self.coherence is None else {
                 "ttl": self.coherence.ttl, "max_entries": self.coherence.max_entries,
                 "filesystems": [t.stats() for t in self.coherence.trackers()],

@@ -23,6 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from . import protocol
+from .backend import mount_pointer, raw_read, raw_write
 from .coherence import NegativeLookup, Notifier, Uncacheable, ino_and_type, walk
 from .mounts import ConfigError, MountConfig, SharedMount
 from .peer import Peer
@@ -136,6 +137,10 @@ class Session:
         self.transport: SocketTransport | None = None
         self.connected_at = time.time()
         self.greeted = False
+        #: Features granted in the handshake.
+        self.features = Feature(0)
+        #: The shared data window, once the client asked for it (DATA_WINDOW).
+        self.window: Window | None = None
         self.config: MountConfig | None = None
         #: (auth_id, steps) to rebuild the configuration after an unmount, as
         #: the binding allows mounting again.
@@ -252,6 +257,9 @@ class Session:
             cache = {"entries": entries, "ttl": coherence.ttl}
         else:
             features &= ~Feature.CLIENT_CACHE
+        if self.transport is None:
+            features &= ~Feature.DATA_WINDOW
+        self.features = features
         self.greeted = True
         if self.transport is not None:
             # Until now the client could send no data section at all.
@@ -449,6 +457,9 @@ class Session:
     def close(self) -> None:
         """The connection is gone: release everything."""
         self._release()
+        if self.window is not None:
+            self.window.close()
+            self.window = None
         if self.config is not None:
             self.config.discard()
             self.config = None
@@ -751,6 +762,68 @@ class Session:
         self._fd(fd)
         with self._changing(lambda: self._fd_deps(fd)):
             return fs.write(fd, data, offset)
+
+    # -- data windows (DATA_WINDOW): no copy in the daemon or the kernel ------------------
+
+    def op_window(self) -> dict:
+        if Feature.DATA_WINDOW not in self.features:
+            raise SessionError(errno.EPROTO, "WINDOW needs the DATA_WINDOW feature")
+        self._pointer()
+        if self.window is None:
+            self.window = self.server.windows.open(self.server.max_data)
+        self.fds_to_send = [self.window.fd]
+        return {"size": self.window.size}
+
+    def _pointer(self) -> int:
+        mount = self.mount
+        self._fs()
+        assert mount is not None
+        if mount.pointer is None:
+            mount.pointer = mount_pointer(mount.fs) or 0
+            if not mount.pointer:
+                log.warning("%r: the mount pointer of %r cannot be found safely; "
+                            "no data windows on it", self, mount)
+        if not mount.pointer:
+            raise SessionError(errno.EOPNOTSUPP, "data windows are not available on this "
+                               "mount: send the data inline")
+        return mount.pointer
+
+    def _window_io(self, length: int) -> Window:
+        window = self.window
+        if window is None:
+            raise SessionError(errno.EPROTO, "no data window: send WINDOW first")
+        if length > window.size:
+            raise SessionError(errno.EINVAL, f"I/O of {length} bytes exceeds the window's "
+                               f"{window.size}: split it")
+        return window
+
+    def op_read_window(self, fd: int, offset: int, length: int) -> list:
+        window = self._window_io(length)
+        pointer = self._pointer()
+        self._fd(fd)
+        self._reserve(length)
+        n = raw_read(pointer, fd, window.address, length, offset)
+        # The client copies the data out after the reply, so only it can free
+        # the pages: it is told to when the pool has no room to keep them.
+        release = not window.keep()
+        if n < 0:
+            raise SessionError(-n, "error in read", ErrorSource.CEPHFS)
+        return [n, release]
+
+    def op_write_window(self, fd: int, offset: int, length: int) -> int:
+        window = self._window_io(length)
+        pointer = self._pointer()
+        self._fd(fd)
+        self._reserve(length)
+        try:
+            with self._changing(lambda: self._fd_deps(fd)):
+                n = raw_write(pointer, fd, window.address, length, offset)
+        finally:
+            if not window.keep():
+                window.release()       # libcephfs has copied the data
+        if n < 0:
+            raise SessionError(-n, "error in write", ErrorSource.CEPHFS)
+        return n
 
     def op_preadv(self, fd: int, lengths: list[int], offset: int) -> WithData:
         self._check_io_size(sum(lengths))

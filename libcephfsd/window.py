@@ -1,0 +1,106 @@
+"""Data windows: file data shared with a client instead of copied through the socket.
+
+A client granted ``DATA_WINDOW`` gets, on request, a memfd of the daemon's
+``max_data`` bytes mapped by both processes.  ``READ_WINDOW`` has libcephfs
+read straight into it and ``WRITE_WINDOW`` write straight from it (through
+``ceph_read``/``ceph_write`` on the mount pointer, see backend), so large
+I/O costs one copy in the client and none in the daemon or the kernel.
+
+Resident memory stays bounded: a window's pages are kept between calls only
+while all kept windows fit in the pool's cap; past it, they are freed
+(MADV_REMOVE) after each call, and the next call faults them in again.
+After a write the daemon frees them itself; after a read the data must stay
+until the client has copied it out, so the reply tells the client to free
+them (a client that does not holds at most its one window).  Each session has its own window, so no client ever sees another's
+data.  A window is used by its session's connection thread only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import threading
+
+
+class WindowPool:
+    """Accounting of the windows' resident bytes across sessions (thread-safe)."""
+
+    def __init__(self, cap: int):
+        #: Resident window bytes kept between calls, at most.
+        self.cap = cap
+        self.resident = 0
+        self.windows = 0
+        self.released = 0
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (f"<WindowPool windows={self.windows} resident={self.resident} "
+                f"cap={self.cap} released={self.released}>")
+
+    def describe(self) -> dict:
+        return {"windows": self.windows, "resident": self.resident, "cap": self.cap,
+                "released": self.released}
+
+    def open(self, size: int) -> Window:
+        window = Window(self, size)
+        with self._lock:
+            self.windows += 1
+        return window
+
+    def _warmed(self, window: Window) -> bool:
+        """Count *window*'s pages as resident; False if they must be freed now."""
+        with self._lock:
+            if self.resident + window.size <= self.cap:
+                self.resident += window.size
+                return True
+            self.released += 1
+            return False
+
+    def _cooled(self, window: Window, was_warm: bool) -> None:
+        with self._lock:
+            if was_warm:
+                self.resident -= window.size
+            self.windows -= 1
+
+
+class Window:
+    """One session's shared buffer."""
+
+    __slots__ = ("pool", "size", "fd", "map", "address", "_anchor", "warm")
+
+    def __init__(self, pool: WindowPool, size: int):
+        self.pool = pool
+        self.size = size
+        self.fd = os.memfd_create("libcephfsd-window", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(self.fd, size)
+            self.map = mmap.mmap(self.fd, size)
+        except OSError:
+            os.close(self.fd)
+            raise
+        # The buffer's address, for libcephfs; the anchor pins the export.
+        self._anchor = ctypes.c_char.from_buffer(self.map)
+        self.address = ctypes.addressof(self._anchor)
+        #: Its pages are counted in the pool's resident bytes.
+        self.warm = False
+
+    def __repr__(self) -> str:
+        return f"<Window fd={self.fd} size={self.size} {'warm' if self.warm else 'cold'}>"
+
+    def keep(self) -> bool:
+        """After a call: may the pages stay?  True while the pool has room."""
+        if not self.warm and self.pool._warmed(self):
+            self.warm = True
+        return self.warm
+
+    def release(self) -> None:
+        """Free the pages now (the daemon is the last to touch them)."""
+        self.map.madvise(mmap.MADV_REMOVE)
+
+    def close(self) -> None:
+        was_warm, self.warm = self.warm, False
+        del self._anchor
+        self.map.close()
+        os.close(self.fd)
+        self.pool._cooled(self, was_warm)
