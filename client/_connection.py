@@ -15,11 +15,13 @@ to apply them.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import socket
 import threading
 import weakref
+from collections import deque
 from typing import Any, Callable, Hashable
 
 from libcephfsd import protocol
@@ -76,6 +78,16 @@ def spin_budget_us() -> float:
         return 100.0
 
 
+# PyBytes_FromStringAndSize(NULL, n): n bytes to fill before anyone else sees
+# them (the binding's read does the same), so a read costs one allocation.
+_new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
+_new_bytes.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
+_new_bytes.restype = ctypes.py_object
+_bytes_address = ctypes.pythonapi.PyBytes_AsString
+_bytes_address.argtypes = [ctypes.py_object]
+_bytes_address.restype = ctypes.c_void_p
+
+
 def _window_wanted() -> bool:
     """$LIBCEPHFS_PROXY_WINDOW=0 keeps large I/O inline (no shared window)."""
     return os.environ.get("LIBCEPHFS_PROXY_WINDOW", "1").strip().lower() not in (
@@ -119,6 +131,8 @@ class Connection:
         #: The data window: None until asked for, False if refused.
         self._window: memoryview | None | bool = None
         self._window_map: mmap.mmap | None = None
+        self._window_anchor: Any = None
+        self._window_address = 0
         #: Held from filling the window to emptying it, across calls.
         self.window_lock = threading.Lock()
         self._applied = 0
@@ -230,6 +244,8 @@ class Connection:
                 return False
             size = int(reply.result["size"])
             self._window_map = mmap.mmap(fds[0], size)
+            self._window_anchor = ctypes.c_char.from_buffer(self._window_map)
+            self._window_address = ctypes.addressof(self._window_anchor)
             return memoryview(self._window_map)
         finally:
             for fd in fds:
@@ -336,6 +352,10 @@ class Connection:
                   fds: list[int] | None = None) -> Reply:
         """One request and its reply; call with the lock held.  Descriptors
         that come with the reply are appended to *fds* if given."""
+        return self._await(self._send(op, args, data), fds)
+
+    def _send(self, op: Op, args: list | tuple, data: bytes | bytearray | memoryview) -> int:
+        """Send a request (lock held); returns its id."""
         broken = self._broken
         if broken is not None:
             raise DaemonUnavailable(broken)
@@ -343,6 +363,14 @@ class Connection:
         self._next_id = rid + 1 if rid < 0xFFFFFFFF else 1
         try:
             self._transport.send(Request(rid, op, list(args), data))
+        except OSError as exc:
+            raise DaemonUnavailable(
+                self._break(f"connection to libcephfsd at {self.path} lost: {exc}")) from exc
+        return rid
+
+    def _await(self, rid: int, fds: list[int] | None = None) -> Reply:
+        """The reply to request *rid*, the next one due (lock held)."""
+        try:
             reply = self._receive(fds)
             while (isinstance(reply, Event) and reply.kind == EventKind.INVALIDATE
                    and self.cache is not None):
@@ -365,6 +393,65 @@ class Connection:
         if self._page is not None:
             self._publish()
         return reply
+
+    def read_window(self, fd: int, offset: int, length: int) -> bytes:
+        """Read through the window (held by the caller with ``window_lock``).
+
+        Pieces of half the window alternate between its halves with one
+        request in flight while the previous piece is copied out, so the
+        daemon's read and the client's copy overlap.  Each piece is copied
+        straight into the bytes object returned (one allocation, as the
+        binding makes).  A short piece ends the read.  Raises ErrorReply for
+        an error on the first piece; an error on a later one ends the read
+        there, as a short read (what was read is returned, as read(2) would).
+        """
+        window = self._window
+        assert isinstance(window, memoryview)
+        half = len(window) // 2
+        pieces = [(start, min(half, length - start)) for start in range(0, length, half)]
+        out = _new_bytes(None, length)
+        dest = _bytes_address(out)
+        got = 0
+        release = False
+        with self._lock:
+            inflight: deque = deque()
+
+            def issue(i: int) -> None:
+                start, size = pieces[i]
+                at = (i % 2) * half
+                rid = self._send(Op.READ_WINDOW, (
+                    fd, offset + start if offset >= 0 else offset, size, at), b"")
+                inflight.append((rid, at, size))
+
+            for i in range(min(2, len(pieces))):
+                issue(i)
+            following = len(inflight)
+            stop = False
+            while inflight:
+                rid, at, size = inflight.popleft()
+                reply = self._await(rid)
+                if stop:
+                    continue                 # drain what was already asked for
+                if reply.errno:
+                    if not got:
+                        # Drain the rest first: the connection must stay in step.
+                        while inflight:
+                            self._await(inflight.popleft()[0])
+                        raise _error_reply(reply)
+                    stop = True
+                    continue
+                n, released = reply.result
+                release = release or released
+                ctypes.memmove(dest + got, self._window_address + at, n)
+                got += n
+                if n < size:
+                    stop = True
+                elif following < len(pieces):
+                    issue(following)
+                    following += 1
+        if release and self._window_map is not None:
+            self._window_map.madvise(mmap.MADV_REMOVE)
+        return out if got == length else out[:got]
 
     def _break(self, reason: str) -> str:
         """Mark the connection unusable for *reason*, which it returns."""
@@ -394,6 +481,7 @@ class Connection:
                     self._window.release()
                     self._window = False
             if self._window_map is not None:
+                self._window_anchor = None
                 self._window_map.close()
                 self._window_map = None
             if self._page is not None:

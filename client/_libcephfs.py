@@ -820,20 +820,11 @@ class LibCephFS:
         # is the bytes object returned, as with the binding.
         conn = self._conn
         assert conn is not None
-        parts: list[bytes] = []
-        done = 0
-        with conn.window_lock:
-            while done < l:
-                want = min(len(window), l - done)
-                n, release = self._call(Op.READ_WINDOW, (
-                    fd, offset + done if offset >= 0 else offset, want), "error in read")[0]
-                parts.append(window[:n].tobytes())
-                if release:          # the daemon keeps no pages for us now
-                    conn.release_window()
-                done += n
-                if n < want:
-                    break
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        try:
+            with conn.window_lock:
+                return conn.read_window(fd, offset, l)
+        except ErrorReply as exc:
+            raise self._error(exc, "error in read") from None
 
     def _write_window(self, window: memoryview, fd: int, buf: bytes, offset: int) -> int:
         conn = self._conn
@@ -844,8 +835,8 @@ class LibCephFS:
             while done < len(buf):
                 k = min(len(window), len(buf) - done)
                 window[:k] = view[done:done + k]
-                n = self._call(Op.WRITE_WINDOW, (fd, offset + done if offset >= 0 else offset, k),
-                               "error in write")[0]
+                n = self._call(Op.WRITE_WINDOW, (
+                    fd, offset + done if offset >= 0 else offset, k, 0), "error in write")[0]
                 done += n
                 if n < k:
                     break

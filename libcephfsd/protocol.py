@@ -642,8 +642,8 @@ ARGS: dict[Op, tuple[Callable[[Any], Any], ...]] = {
     Op.CLOSE: (INT,),
     Op.READ: (INT, INT, UINT),                # fd, offset (<0: file position), length
     Op.WRITE: (INT, INT),                     # fd, offset; data section: the bytes
-    Op.READ_WINDOW: (INT, INT, UINT),         # fd, offset (<0: file position), length
-    Op.WRITE_WINDOW: (INT, INT, UINT),        # fd, offset (<0: file position), length
+    Op.READ_WINDOW: (INT, INT, UINT, UINT),   # fd, offset (<0: file position), length, at
+    Op.WRITE_WINDOW: (INT, INT, UINT, UINT),  # fd, offset (<0: file position), length, at
     Op.PREADV: (INT, UINTS, INT),             # fd, buffer lengths, offset
     Op.PWRITEV: (INT, UINTS, INT),            # fd, buffer lengths, offset; data: buffers
     Op.LSEEK: (INT, INT, INT),                # fd, offset, whence

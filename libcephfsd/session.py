@@ -788,21 +788,21 @@ class Session:
                                "mount: send the data inline")
         return mount.pointer
 
-    def _window_io(self, length: int) -> Window:
+    def _window_io(self, length: int, at: int) -> Window:
         window = self.window
         if window is None:
             raise SessionError(errno.EPROTO, "no data window: send WINDOW first")
-        if length > window.size:
-            raise SessionError(errno.EINVAL, f"I/O of {length} bytes exceeds the window's "
-                               f"{window.size}: split it")
+        if at + length > window.size:
+            raise SessionError(errno.EINVAL, f"I/O of {length} bytes at {at} does not fit "
+                               f"the window's {window.size}: split it")
         return window
 
-    def op_read_window(self, fd: int, offset: int, length: int) -> list:
-        window = self._window_io(length)
+    def op_read_window(self, fd: int, offset: int, length: int, at: int) -> list:
+        window = self._window_io(length, at)
         pointer = self._pointer()
         self._fd(fd)
         self._reserve(length)
-        n = raw_read(pointer, fd, window.address, length, offset)
+        n = raw_read(pointer, fd, window.address + at, length, offset)
         # The client copies the data out after the reply, so only it can free
         # the pages: it is told to when the pool has no room to keep them.
         release = not window.keep()
@@ -810,14 +810,14 @@ class Session:
             raise SessionError(-n, "error in read", ErrorSource.CEPHFS)
         return [n, release]
 
-    def op_write_window(self, fd: int, offset: int, length: int) -> int:
-        window = self._window_io(length)
+    def op_write_window(self, fd: int, offset: int, length: int, at: int) -> int:
+        window = self._window_io(length, at)
         pointer = self._pointer()
         self._fd(fd)
         self._reserve(length)
         try:
             with self._changing(lambda: self._fd_deps(fd)):
-                n = raw_write(pointer, fd, window.address, length, offset)
+                n = raw_write(pointer, fd, window.address + at, length, offset)
         finally:
             if not window.keep():
                 window.release()       # libcephfs has copied the data

@@ -52,7 +52,7 @@ def test_window_errors_are_the_bindings(fs, direct_fs, workdir):
     for lib, f in ((cephfs, direct_fs), (libcephfs_proxy, fs)):
         fd = f.open(f"{workdir}/wo-{lib.__name__}", "w", 0o644)
         try:
-            f.read(fd, 0, MiB)
+            f.read(fd, 0, 5 * MiB)        # pipelined pieces: the first fails
         except lib.Error as exc:
             results.append((type(exc).__name__, exc.errno, str(exc)))
         f.close(fd)
@@ -95,16 +95,24 @@ def test_window_bad_input(daemon, ceph_conf, workdir):
     with _raw_mounted(daemon.socket_path, ceph_conf, int(Feature.DATA_WINDOW)) as raw:
         assert Feature.DATA_WINDOW in Feature(raw.hello["features"])
         fd = raw.call(Op.OPEN, [f"{workdir}/raw".encode(), os.O_CREAT | os.O_RDWR, 0o644])
-        assert raw.request(Op.READ_WINDOW, [fd, 0, 4096]).errno == errno.EPROTO  # no WINDOW yet
+        assert raw.request(Op.READ_WINDOW, [fd, 0, 4096, 0]).errno == errno.EPROTO  # no WINDOW
         raw.transport._fds = []
         size = raw.call(Op.WINDOW)["size"]
         fds, raw.transport._fds = raw.transport._fds, None
         assert len(fds) == 1 and size == protocol.DEFAULT_MAX_DATA
         for f in fds:
             os.close(f)
-        assert raw.request(Op.READ_WINDOW, [fd, 0, size + 1]).errno == errno.EINVAL
-        assert raw.request(Op.WRITE_WINDOW, [fd + 1000, 0, 10]).errno == errno.EBADF
-        assert raw.request(Op.READ_WINDOW, [fd, 0, "x"]).errno == errno.EINVAL
+        assert raw.request(Op.READ_WINDOW, [fd, 0, size + 1, 0]).errno == errno.EINVAL
+        assert raw.request(Op.READ_WINDOW, [fd, 0, 10, size - 9]).errno == errno.EINVAL
+        assert raw.request(Op.WRITE_WINDOW, [fd + 1000, 0, 10, 0]).errno == errno.EBADF
+        assert raw.request(Op.READ_WINDOW, [fd, 0, "x", 0]).errno == errno.EINVAL
+        assert raw.request(Op.READ_WINDOW, [fd, 0, 10]).errno == errno.EINVAL
+        # Pipelined: two requests sent before either reply, answered in order.
+        assert raw.call(Op.WRITE, [fd, 0], b"a" * 100) == 100
+        raw.transport.send(protocol.Request(900, Op.READ_WINDOW, [fd, 0, 60, 0], b""))
+        raw.transport.send(protocol.Request(901, Op.READ_WINDOW, [fd, 60, 60, size // 2], b""))
+        first, second = raw.receive(), raw.receive()
+        assert (first.id, first.result[0]) == (900, 60) and (second.id, second.result[0]) == (901, 40)
         assert raw.call(Op.PING) is None                        # the connection goes on
 
 
