@@ -18,7 +18,7 @@ deps:
 $(STAMP): pyproject.toml | deps
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
-	$(VPY) -m pip install --quiet -e '.[test]'
+	$(VPY) -m pip install --quiet -e '.[test,tools]'
 	touch $(STAMP)
 
 venv: deps $(STAMP)
