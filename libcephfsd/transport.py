@@ -31,10 +31,11 @@ class SpinPoll:
     thread waiting for a busy client's next call) does better polling the
     socket for up to *budget_us* first.
 
-    One object per transport: a poll that finds nothing makes that transport
-    sleep at once for the next 1, 3, 7 ... 63 receives, so an idle or slow
-    peer costs at most one budget per 64 receives; a poll that finds data
-    resets that.  *gate* (shared) lets one thread of the process poll at a
+    One object per transport.  A single miss costs nothing more: in a mix of
+    fast calls and slow ones (an MDS round trip), the fast calls after a slow
+    one should still poll.  Misses in a row make the transport sleep at once
+    for the next 1, 3, 7 ... 63 receives, so an idle or slow peer costs at
+    most one budget per 64 receives; a poll that finds data resets that.  *gate* (shared) lets one thread of the process poll at a
     time, and *allowed* (checked while polling) is the owner's condition, for
     example that no other thread of the process needs the GIL, since a
     polling thread keeps taking it back.
@@ -78,8 +79,8 @@ class SpinPoll:
         finally:
             self.gate.release()
         self.misses += 1
-        self._streak = min(self._streak + 1, 6)
-        self._skip = (1 << self._streak) - 1
+        self._streak = min(self._streak + 1, 7)
+        self._skip = (1 << (self._streak - 1)) - 1
         return -1
 
 

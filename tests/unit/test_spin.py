@@ -28,19 +28,19 @@ def test_poll_finds_waiting_bytes(pair):
     assert bytes(buf[:5]) == b"hello" and (spin.hits, spin.misses) == (1, 0)
 
 
-def test_misses_back_off_exponentially_and_a_hit_resets(pair):
+def test_misses_in_a_row_back_off_exponentially_and_a_hit_resets(pair):
     a, b = pair
     spin = SpinPoll(50, threading.Lock())
     view = memoryview(bytearray(16))
     polled = []
-    for _ in range(1 + 1 + 1 + 3 + 1 + 7):
+    for _ in range(1 + 1 + 1 + 1 + 3 + 1 + 7):
         before = spin.misses
         assert spin.poll(b, view) == -1
         polled.append(spin.misses > before)
-    # A miss, then skips of 1, 3 and 7 receives between the next misses.
-    assert polled == [True, False, True, False, False, False, True] + [False] * 7
-    assert spin.poll(b, view) == -1 and spin.misses == 4      # the 7th skip is over
-    for _ in range(15):
+    # The first miss costs no skip; then skips of 1, 3 and 7 receives.
+    assert polled == [True, True, False, True, False, False, False, True] + [False] * 7
+    assert spin.poll(b, view) == -1 and spin.misses == 5      # the 7 skips are over
+    for _ in range(31):
         spin.poll(b, view)
     a.send(b"x")
     while spin.poll(b, view) == -1:     # skipped receives say -1 without reading
@@ -48,6 +48,17 @@ def test_misses_back_off_exponentially_and_a_hit_resets(pair):
     assert spin.hits == 1
     a.send(b"y")
     assert spin.poll(b, view) == 1       # no skip after a hit
+
+
+def test_one_miss_between_hits_costs_no_skip(pair):
+    a, b = pair
+    spin = SpinPoll(50, threading.Lock())
+    view = memoryview(bytearray(16))
+    for _ in range(5):
+        assert spin.poll(b, view) == -1          # a slow call: one miss
+        a.send(b"z")
+        assert spin.poll(b, view) == 1           # the next fast one still polls
+    assert (spin.hits, spin.misses) == (5, 5)
 
 
 def test_no_poll_when_not_allowed_or_another_thread_polls(pair):
