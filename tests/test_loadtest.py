@@ -111,6 +111,12 @@ def test_sweep_table_and_plot(ceph_conf: str, tmp_path):
         ("direct", 1), ("direct", 2), ("proxy", 1), ("proxy", 2)]
     assert all(r["ok"] and r["ops"]["total"]["count"] > 0 for r in doc["sweep"])
     assert doc["plot"] == str(png)
+    per = doc["memory_per_connection"]
+    direct_costs = [r["memory"]["clients"]["rss"]["per_connection_peak_kib"]
+                    for r in doc["sweep"] if r["mode"] == "direct"]
+    assert per["direct_instance_kib"] == pytest.approx(sorted(direct_costs)[0] / 2
+                                                       + sorted(direct_costs)[1] / 2, abs=0.1)
+    assert (per["proxy"]["from"], per["proxy"]["to"]) == (1, 2)
     data = png.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
 

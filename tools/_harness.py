@@ -36,22 +36,33 @@ def evict(ceph_conf: str, instance_id: int) -> None:
                     f"id={instance_id}"], check=False, capture_output=True, timeout=60)
 
 
-class DaemonProcess:
-    """A libcephfsd on a private socket, its log in a temporary directory."""
+class DaemonDidNotStart(SystemExit):
+    """The daemon exited or did not listen within 30 s (exits a tool that does
+    not catch it, with the message)."""
 
-    def __init__(self, *extra: str, log_level: str = "warning"):
+
+class DaemonProcess:
+    """A libcephfsd on a private socket, its log in a temporary directory.
+
+    ``new_session``: in a session of its own, so that a Ctrl-C at the
+    terminal reaches only the tool, which can then stop its clients cleanly
+    before it stops the daemon.
+    """
+
+    def __init__(self, *extra: str, log_level: str = "warning", new_session: bool = False):
         self.dir = tempfile.mkdtemp(prefix="libcephfsd-tool-")
         self.socket = os.path.join(self.dir, "d.sock")
         self.log_path = os.path.join(self.dir, "d.log")
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "libcephfsd", "--socket", self.socket,
                                       "--log-level", log_level, *extra],
-                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
+                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
+                                     start_new_session=new_session)
         deadline = time.monotonic() + 30
         while not os.path.exists(self.socket):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise SystemExit(f"libcephfsd did not start: see {self.log_path}")
+                raise DaemonDidNotStart(f"libcephfsd did not start: see {self.log_path}")
             time.sleep(0.05)
 
     def __repr__(self) -> str:
