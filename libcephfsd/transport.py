@@ -16,8 +16,10 @@ from typing import Any, Callable
 
 from .protocol import HEADER_SIZE, Message, decode_body, encode, parse_header
 
-#: Read-ahead per connection.  Small on purpose: a daemon holds thousands.
-READ_AHEAD = 16 << 10
+#: Read-ahead per connection.  Small on purpose: a daemon holds thousands,
+#: and every page of it a connection ever used stays resident.  Requests are
+#: tens of bytes; anything larger is read into a buffer of its own size.
+READ_AHEAD = 4 << 10
 
 
 class SpinPoll:
