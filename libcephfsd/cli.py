@@ -12,6 +12,8 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
+from typing import Callable
 
 from . import __version__
 from .protocol import DATA_CEILING, DEFAULT_MAX_DATA
@@ -155,6 +157,31 @@ def _tune_malloc() -> None:
         log.debug("mallopt unavailable; malloc keeps its defaults")
 
 
+def _malloc_trimmer() -> Callable[[], None] | None:
+    """A function that hands memory malloc holds free back to the system.
+
+    With buffers reused from arenas (see _tune_malloc), memory freed after a
+    burst of large writes stays in the arenas, fragmented: measured, 920 MiB
+    anonymous RSS in a daemon whose live data (libcephfs's object cache,
+    writes in flight) was under half that.  malloc_trim(0) releases the free
+    pages of every arena; the accept loop calls it every couple of seconds.
+    """
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+
+    def trimmer() -> None:
+        t0 = time.monotonic()
+        released = trim(0)
+        took = time.monotonic() - t0
+        if took > 0.05:
+            log.info("malloc_trim took %.0f ms (released: %s)", took * 1000, bool(released))
+
+    return trimmer
+
+
 def _raise_fd_limit() -> int:
     """Allow as many descriptors as the hard limit permits; return the limit.
 
@@ -189,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             server = Server(args.socket, socket_mode=args.socket_mode, max_data=args.max_io_size,
                             private_dir=private_dir, shutdown_timeout=args.shutdown_timeout,
                             coherence=coherence, max_inflight=args.max_inflight_bytes,
-                            spin_us=args.spin_us)
+                            spin_us=args.spin_us, housekeeping=_malloc_trimmer())
             server.bind()
         except DaemonRunning as exc:
             log.error("not starting: %s", exc)

@@ -24,7 +24,7 @@ import socket
 import stat
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from . import __version__
 from .backend import CephBackend
@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 #: calls are shallow.  Only touched pages cost memory, but this bounds the
 #: address space of thousands of threads.
 THREAD_STACK = 512 << 10
+#: Seconds between housekeeping runs (returning freed memory to the system).
+HOUSEKEEPING_INTERVAL = 2.0
 #: A connection polls only if no other one received a request for this long (s).
 _QUIET_FOR = 0.002
 
@@ -96,7 +98,7 @@ class Server:
                  max_data: int = DEFAULT_MAX_DATA, private_dir: str,
                  shutdown_timeout: float = 30.0, backend: CephBackend | None = None,
                  coherence: Coherence | None = None, max_inflight: int | None = None,
-                 spin_us: float = 0.0):
+                 spin_us: float = 0.0, housekeeping: Callable[[], None] | None = None):
         self.socket_path = socket_path
         self.socket_mode = socket_mode
         self.max_data = max_data
@@ -109,6 +111,8 @@ class Server:
         #: How long a connection's thread polls for its client's next request
         #: before sleeping (0: never); see SpinPoll and _Connection._may_spin.
         self.spin_us = spin_us
+        #: Run by the accept loop every HOUSEKEEPING_INTERVAL seconds.
+        self.housekeeping = housekeeping
         self._spin_gate = threading.Lock()
         #: The connection that received a request last, and when.
         self.last_request: tuple[_Connection | None, float] = (None, 0.0)
@@ -178,9 +182,13 @@ class Server:
         try:
             while not self._stopping.is_set():
                 waitables: list[Any] = [self._listener, self._wake_r]
-                readable, _, _ = select.select(waitables, [], [])
+                readable, _, _ = select.select(waitables, [], [], HOUSEKEEPING_INTERVAL)
                 if self._wake_r in readable:
                     break
+                if not readable:
+                    if self.housekeeping is not None:
+                        self.housekeeping()
+                    continue
                 try:
                     sock, _ = self._listener.accept()
                 except BlockingIOError:
