@@ -199,6 +199,10 @@ class Connection:
         session = getattr(self, "hello", None)
         return f"<Connection {self.path} session={session.session if session else '?'} {state}>"
 
+    def broken_reason(self) -> str | None:
+        """Why the connection is unusable, or None while it works."""
+        return self._broken
+
     @property
     def max_data(self) -> int:
         return self.hello.max_data
@@ -221,7 +225,8 @@ class Connection:
 
         Asked for on first use (the session must be mounted); refused or
         unavailable, it stays None and large I/O goes inline.  Use it with
-        ``window_lock`` held.
+        ``window_lock`` held, taken before the connection's own lock (as
+        close() does), and ask again under it: close() releases the window.
         """
         window = self._window
         if window is None:
@@ -406,7 +411,8 @@ class Connection:
         there, as a short read (what was read is returned, as read(2) would).
         """
         window = self._window
-        assert isinstance(window, memoryview)
+        if not isinstance(window, memoryview):       # closed meanwhile
+            raise DaemonUnavailable(self._broken or "connection closed")
         half = len(window) // 2
         pieces = [(start, min(half, length - start)) for start in range(0, length, half)]
         out = _new_bytes(None, length)
@@ -471,15 +477,15 @@ class Connection:
         return message
 
     def close(self) -> None:
-        with self._lock:
+        # window_lock first: window users take it before the connection's lock.
+        with self.window_lock, self._lock:
             if self._broken is None:
                 self._broken = "connection closed"
             self.clear_cache()
             self._transport.close()
             if isinstance(self._window, memoryview):
-                with self.window_lock:
-                    self._window.release()
-                    self._window = False
+                self._window.release()
+                self._window = False
             if self._window_map is not None:
                 self._window_anchor = None
                 self._window_map.close()

@@ -21,7 +21,8 @@ from libcephfsd.protocol import MAX_BODY, PATH_MAX, Op
 from . import _constants as C
 from ._connection import Connection, ErrorReply, cache_settings
 from .cache import MISS
-from ._errors import Error, LibCephFSStateError, OperationNotSupported, make_ex
+from ._errors import (DaemonUnavailable, Error, LibCephFSStateError, OperationNotSupported,
+                      make_ex)
 from ._types import DirEntry, cstr, cstr_list, stat_result, statx_result
 
 #: Entries fetched per READDIR round trip.
@@ -832,6 +833,9 @@ class LibCephFS:
         view = memoryview(buf)
         done = 0
         with conn.window_lock:
+            window = conn.window()      # again, under the lock: close() may have run
+            if window is None:
+                raise DaemonUnavailable(conn.broken_reason() or "connection closed")
             while done < len(buf):
                 k = min(len(window), len(buf) - done)
                 window[:k] = view[done:done + k]

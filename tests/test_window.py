@@ -148,3 +148,37 @@ def test_window_pages_are_freed_past_the_cap(ceph_conf, workdir, monkeypatch):
             fs.shutdown()
         assert d.stop() == 0
     assert "Traceback" not in d.log()
+
+
+def test_close_while_another_thread_uses_the_window(connect, workdir):
+    """shutdown() in one thread while another moves data through the window:
+    the mover gets DaemonUnavailable (or finishes), never a deadlock or a
+    released-buffer error."""
+    import threading
+
+    from libcephfs_proxy import DaemonUnavailable
+
+    fs = connect()
+    data = os.urandom(8 * MiB)
+    fd = fs.open(f"{workdir}/race", os.O_RDWR | os.O_CREAT, 0o644)
+    fs.write(fd, data, 0)
+    outcomes: list = []
+
+    def mover() -> None:
+        try:
+            for _ in range(200):
+                fs.write(fd, data, 0)
+                fs.read(fd, 0, len(data))
+            outcomes.append("done")
+        except DaemonUnavailable:
+            outcomes.append("unavailable")
+        except Exception as exc:                    # the failure this test is about
+            outcomes.append(exc)
+
+    t = threading.Thread(target=mover)
+    t.start()
+    fs.read(fd, 0, MiB)
+    fs._conn.close()
+    t.join(60)
+    assert not t.is_alive(), "deadlock between close() and the window's user"
+    assert outcomes in (["done"], ["unavailable"]), outcomes
