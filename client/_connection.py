@@ -459,6 +459,50 @@ class Connection:
             self._window_map.madvise(mmap.MADV_REMOVE)
         return out if got == length else out[:got]
 
+    def write_window(self, fd: int, offset: int, data: memoryview) -> int:
+        """Write through the window (held by the caller with ``window_lock``).
+
+        Pieces of half the window, one request at a time, exactly as written
+        one after the other, so a failed piece is never followed by a later
+        one; but the next piece is copied into the other half while the
+        daemon writes this one.  Returns the bytes written (fewer after a
+        short piece); raises ErrorReply for an error on any piece.
+        """
+        window = self._window
+        if not isinstance(window, memoryview):       # closed meanwhile
+            raise DaemonUnavailable(self._broken or "connection closed")
+        half = len(window) // 2
+        total = len(data)
+        pieces = [(start, min(half, total - start)) for start in range(0, total, half)]
+        done = 0
+
+        def fill(i: int) -> None:
+            start, size = pieces[i]
+            at = (i % 2) * half
+            window[at:at + size] = data[start:start + size]
+
+        def issue(i: int) -> int:
+            start, size = pieces[i]
+            return self._send(Op.WRITE_WINDOW, (fd, offset + start if offset >= 0 else offset,
+                                                size, (i % 2) * half), b"")
+
+        with self._lock:
+            fill(0)
+            rid = issue(0)
+            for i in range(len(pieces)):
+                if i + 1 < len(pieces):
+                    fill(i + 1)             # while the daemon writes piece i
+                reply = self._await(rid)
+                if reply.errno:
+                    raise _error_reply(reply)
+                n = reply.result
+                done += n
+                if n < pieces[i][1]:
+                    break
+                if i + 1 < len(pieces):
+                    rid = issue(i + 1)
+        return done
+
     def _break(self, reason: str) -> str:
         """Mark the connection unusable for *reason*, which it returns."""
         self._broken = reason

@@ -830,21 +830,11 @@ class LibCephFS:
     def _write_window(self, window: memoryview, fd: int, buf: bytes, offset: int) -> int:
         conn = self._conn
         assert conn is not None
-        view = memoryview(buf)
-        done = 0
-        with conn.window_lock:
-            window = conn.window()      # again, under the lock: close() may have run
-            if window is None:
-                raise DaemonUnavailable(conn.broken_reason() or "connection closed")
-            while done < len(buf):
-                k = min(len(window), len(buf) - done)
-                window[:k] = view[done:done + k]
-                n = self._call(Op.WRITE_WINDOW, (
-                    fd, offset + done if offset >= 0 else offset, k, 0), "error in write")[0]
-                done += n
-                if n < k:
-                    break
-        return done
+        try:
+            with conn.window_lock:
+                return conn.write_window(fd, offset, memoryview(buf))
+        except ErrorReply as exc:
+            raise self._error(exc, "error in write") from None
 
     def preadv(self, fd: Any, buffers: Any, offset: Any) -> int:
         self.require_state("mounted")

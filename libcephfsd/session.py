@@ -822,7 +822,7 @@ class Session:
                 n = raw_write(pointer, fd, window.address + at, length, offset)
         finally:
             if not window.keep():
-                window.release()       # libcephfs has copied the data
+                window.release(at, length)       # libcephfs has copied the data
         if n < 0:
             raise SessionError(-n, "error in write", ErrorSource.CEPHFS)
         return n

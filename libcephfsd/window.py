@@ -94,9 +94,14 @@ class Window:
             self.warm = True
         return self.warm
 
-    def release(self) -> None:
-        """Free the pages now (the daemon is the last to touch them)."""
-        self.map.madvise(mmap.MADV_REMOVE)
+    def release(self, at: int, length: int) -> None:
+        """Free the whole pages of [at, at + length) now.  Only the request's
+        own bytes: the client may already be filling the rest of the window
+        with its next piece."""
+        start = -(-at // mmap.PAGESIZE) * mmap.PAGESIZE
+        end = (at + length) // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > start:
+            self.map.madvise(mmap.MADV_REMOVE, start, end - start)
 
     def close(self) -> None:
         was_warm, self.warm = self.warm, False
