@@ -21,7 +21,6 @@ import os
 import socket
 import threading
 import weakref
-from collections import deque
 from typing import Any, Callable, Hashable
 
 from libcephfsd import protocol
@@ -402,13 +401,14 @@ class Connection:
     def read_window(self, fd: int, offset: int, length: int) -> bytes:
         """Read through the window (held by the caller with ``window_lock``).
 
-        Pieces of half the window alternate between its halves with one
-        request in flight while the previous piece is copied out, so the
-        daemon's read and the client's copy overlap.  Each piece is copied
-        straight into the bytes object returned (one allocation, as the
-        binding makes).  A short piece ends the read.  Raises ErrorReply for
-        an error on the first piece; an error on a later one ends the read
-        there, as a short read (what was read is returned, as read(2) would).
+        Pieces of half the window alternate between its halves: when a piece
+        arrives whole, the next one is asked for before this one is copied
+        out, so the daemon's read and the client's copy overlap, and nothing
+        is asked for past a short piece (the end of the file).  Each piece is
+        copied straight into the bytes object returned (one allocation, as
+        the binding makes).  Raises ErrorReply for an error on the first
+        piece; an error on a later one ends the read there, as a short read
+        (what was read is returned, as read(2) would).
         """
         window = self._window
         if not isinstance(window, memoryview):       # closed meanwhile
@@ -419,42 +419,30 @@ class Connection:
         dest = _bytes_address(out)
         got = 0
         release = False
+
+        def issue(i: int) -> int:
+            start, size = pieces[i]
+            return self._send(Op.READ_WINDOW, (fd, offset + start if offset >= 0 else offset,
+                                               size, (i % 2) * half), b"")
+
         with self._lock:
-            inflight: deque = deque()
-
-            def issue(i: int) -> None:
-                start, size = pieces[i]
-                at = (i % 2) * half
-                rid = self._send(Op.READ_WINDOW, (
-                    fd, offset + start if offset >= 0 else offset, size, at), b"")
-                inflight.append((rid, at, size))
-
-            for i in range(min(2, len(pieces))):
-                issue(i)
-            following = len(inflight)
-            stop = False
-            while inflight:
-                rid, at, size = inflight.popleft()
+            rid, i = issue(0), 0
+            while True:
                 reply = self._await(rid)
-                if stop:
-                    continue                 # drain what was already asked for
                 if reply.errno:
                     if not got:
-                        # Drain the rest first: the connection must stay in step.
-                        while inflight:
-                            self._await(inflight.popleft()[0])
                         raise _error_reply(reply)
-                    stop = True
-                    continue
+                    break
                 n, released = reply.result
                 release = release or released
-                ctypes.memmove(dest + got, self._window_address + at, n)
+                whole = n == pieces[i][1]
+                if whole and i + 1 < len(pieces):
+                    rid = issue(i + 1)      # the daemon reads it while we copy this one
+                ctypes.memmove(dest + got, self._window_address + (i % 2) * half, n)
                 got += n
-                if n < size:
-                    stop = True
-                elif following < len(pieces):
-                    issue(following)
-                    following += 1
+                if not whole or i + 1 >= len(pieces):
+                    break
+                i += 1
         if release and self._window_map is not None:
             self._window_map.madvise(mmap.MADV_REMOVE)
         return out if got == length else out[:got]
