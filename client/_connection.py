@@ -198,10 +198,6 @@ class Connection:
         session = getattr(self, "hello", None)
         return f"<Connection {self.path} session={session.session if session else '?'} {state}>"
 
-    def broken_reason(self) -> str | None:
-        """Why the connection is unusable, or None while it works."""
-        return self._broken
-
     @property
     def max_data(self) -> int:
         return self.hello.max_data
@@ -223,19 +219,15 @@ class Connection:
         """The data window shared with the daemon (DATA_WINDOW), or None.
 
         Asked for on first use (the session must be mounted); refused or
-        unavailable, it stays None and large I/O goes inline.  Use it with
-        ``window_lock`` held, taken before the connection's own lock (as
-        close() does), and ask again under it: close() releases the window.
+        unavailable, it stays None and large I/O goes inline.  Move data
+        with read_window/write_window, ``window_lock`` held (taken before the
+        connection's own lock, as close() does); they check again under it
+        that close() has not released the window.
         """
         window = self._window
         if window is None:
             window = self._window = self._open_window()
         return window or None
-
-    def release_window(self) -> None:
-        """Free the window's pages (the daemon asked: its pool is full)."""
-        if self._window_map is not None:
-            self._window_map.madvise(mmap.MADV_REMOVE)
 
     def _open_window(self) -> memoryview | bool:
         if Feature.DATA_WINDOW not in self.hello.features:

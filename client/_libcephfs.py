@@ -21,8 +21,7 @@ from libcephfsd.protocol import MAX_BODY, PATH_MAX, Op
 from . import _constants as C
 from ._connection import Connection, ErrorReply, cache_settings
 from .cache import MISS
-from ._errors import (DaemonUnavailable, Error, LibCephFSStateError, OperationNotSupported,
-                      make_ex)
+from ._errors import Error, LibCephFSStateError, OperationNotSupported, make_ex
 from ._types import DirEntry, cstr, cstr_list, stat_result, statx_result
 
 #: Entries fetched per READDIR round trip.
@@ -770,10 +769,11 @@ class LibCephFS:
             raise TypeError("fd must be an int")
         if l < 0:
             raise ValueError("Negative size passed to PyBytes_FromStringAndSize")
-        if l >= WINDOW_MIN and self._conn is not None:
-            window = self._conn.window()
-            if window is not None:
-                return self._read_window(window, fd, offset, l)
+        conn = self._conn
+        if l >= WINDOW_MIN and conn is not None and conn.window() is not None:
+            # libcephfs reads into the shared window; the one copy is into the
+            # bytes returned, as with the binding.
+            return self._through_window(conn.read_window, "error in read", fd, offset, l)
         chunk = self._conn.max_data if self._conn else l
         if l <= chunk:
             _, data = self._call(Op.READ, (fd, offset, l), "error in read")
@@ -798,10 +798,10 @@ class LibCephFS:
             raise TypeError("buf must be a bytes")
         if not isinstance(offset, int):
             raise TypeError("offset must be an int")
-        if len(buf) >= WINDOW_MIN and self._conn is not None:
-            window = self._conn.window()
-            if window is not None:
-                return self._write_window(window, fd, buf, offset)
+        conn = self._conn
+        if len(buf) >= WINDOW_MIN and conn is not None and conn.window() is not None:
+            return self._through_window(conn.write_window, "error in write", fd, offset,
+                                        memoryview(buf))
         chunk = self._conn.max_data if self._conn else len(buf)
         if len(buf) <= chunk:
             return self._call(Op.WRITE, (fd, offset), "error in write", buf)[0]
@@ -816,25 +816,16 @@ class LibCephFS:
                 break
         return done
 
-    def _read_window(self, window: memoryview, fd: int, offset: int, l: int) -> bytes:  # noqa: E741
-        # The daemon has libcephfs read into the shared window; the one copy
-        # is the bytes object returned, as with the binding.
+    def _through_window(self, io: Any, err: str, *args: Any) -> Any:
+        """Connection.read_window/write_window(*args), the window held,
+        libcephfs errors worded as the binding words them."""
         conn = self._conn
         assert conn is not None
         try:
             with conn.window_lock:
-                return conn.read_window(fd, offset, l)
+                return io(*args)
         except ErrorReply as exc:
-            raise self._error(exc, "error in read") from None
-
-    def _write_window(self, window: memoryview, fd: int, buf: bytes, offset: int) -> int:
-        conn = self._conn
-        assert conn is not None
-        try:
-            with conn.window_lock:
-                return conn.write_window(fd, offset, memoryview(buf))
-        except ErrorReply as exc:
-            raise self._error(exc, "error in write") from None
+            raise self._error(exc, err) from None
 
     def preadv(self, fd: Any, buffers: Any, offset: Any) -> int:
         self.require_state("mounted")

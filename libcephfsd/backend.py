@@ -214,22 +214,27 @@ class InvalidationWatch:
         self.args = _CallbackArgs(None, self._ino_cb, self._dentry_cb, None, None, None, None)
 
 
-def watch_invalidations(fs: Any, on_inode: Callable[[int], None],
-                        on_dentry: Callable[[int, int, bytes], None]) -> InvalidationWatch | None:
-    """Register libcephfs's invalidation callbacks on a mounted instance.
-
-    Returns the registration (keep a reference until the mount is shut
-    down), or None when the mount pointer cannot be found safely.
-    """
+def find_mount_pointer(fs: Any) -> int:
+    """mount_pointer() of a mounted instance, or 0 (logged) when it cannot be
+    found safely: then the mount has no invalidation callbacks (the cache TTL
+    bounds remote changes) and no data windows (data goes inline)."""
     try:
         pointer = mount_pointer(fs)
     except OSError as exc:
-        log.warning("cannot load libcephfs for callbacks: %s", exc)
-        return None
+        log.warning("cannot load libcephfs through ctypes: %s", exc)
+        return 0
     if pointer is None:
-        log.warning("cannot find the libcephfs mount behind the cephfs binding object; "
-                    "changes by other CephFS clients are bounded by the cache TTL only")
-        return None
+        log.warning("cannot find the libcephfs mount behind the cephfs binding object: no "
+                    "invalidation callbacks (changes by other CephFS clients are bounded by "
+                    "the cache TTL only) and no data windows")
+        return 0
+    return pointer
+
+
+def watch_invalidations(pointer: int, on_inode: Callable[[int], None],
+                        on_dentry: Callable[[int, int, bytes], None]) -> InvalidationWatch:
+    """Register libcephfs's invalidation callbacks on the mount at *pointer*
+    (find_mount_pointer).  Keep the registration until the mount is shut down."""
     watch = InvalidationWatch(on_inode, on_dentry)
     _lib().ceph_ll_register_callbacks(pointer, ctypes.byref(watch.args))
     return watch

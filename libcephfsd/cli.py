@@ -56,21 +56,22 @@ def _budget(text: str) -> int:
     return _parse_size(text, 64 << 10, 1 << 40)
 
 
-def _ttl(text: str) -> float:
+def _number(text: str, unit: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a number of {unit}: {text!r}") from None
+
+
+def _ttl(text: str) -> float:
+    value = _number(text, "seconds")
     if not 0 < value <= 60:
         raise argparse.ArgumentTypeError("must be more than 0 and at most 60 seconds")
     return value
 
 
 def _spin(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of microseconds: {text!r}") from None
+    value = _number(text, "microseconds")
     if not 0 <= value <= 10000:
         raise argparse.ArgumentTypeError("must be from 0 to 10000 microseconds")
     return value

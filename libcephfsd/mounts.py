@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backend import DAEMON_OWNED, CephBackend, watch_invalidations
+from .backend import DAEMON_OWNED, CephBackend, find_mount_pointer, watch_invalidations
 from .peer import Peer, read_file_as
 
 log = logging.getLogger(__name__)
@@ -247,9 +247,9 @@ class SharedMount:
     tracker: Any = None
     #: libcephfs's invalidation callbacks on this mount (kept alive with it).
     watch: Any = None
-    #: Its ``struct ceph_mount_info *`` for raw I/O: None until looked up,
-    #: 0 if it cannot be found safely.
-    pointer: int | None = None
+    #: Its ``struct ceph_mount_info *`` (callbacks, raw I/O); 0 if it cannot
+    #: be found safely.
+    pointer: int = 0
     mounted_at: float = field(default_factory=time.time)
     ready: threading.Event = field(default_factory=threading.Event)
 
@@ -318,13 +318,15 @@ class MountRegistry:
             config.discard()
             raise
         mount.fs, config.fs = config.fs, None
+        mount.pointer = find_mount_pointer(mount.fs)
         if self._coherence is not None:
             tracker = self._coherence.tracker_for(filesystem_identity(mount.fs))
             mount.tracker = tracker
-            mount.watch = watch_invalidations(
-                mount.fs, lambda ino: tracker.invalidate([ino], callback=True),
-                lambda parent, ino, name: tracker.invalidate([(parent, name), ino],
-                                                             callback=True))
+            if mount.pointer:
+                mount.watch = watch_invalidations(
+                    mount.pointer, lambda ino: tracker.invalidate([ino], callback=True),
+                    lambda parent, ino, name: tracker.invalidate([(parent, name), ino],
+                                                                 callback=True))
         mount.ready.set()
         log.info("mounted %r", mount)
         return mount

@@ -23,7 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from . import protocol
-from .backend import mount_pointer, raw_read, raw_write
+from .backend import raw_read, raw_write
 from .coherence import NegativeLookup, Notifier, Uncacheable, ino_and_type, walk
 from .mounts import ConfigError, MountConfig, SharedMount
 from .peer import Peer
@@ -777,18 +777,12 @@ class Session:
         return {"size": self.window.size}
 
     def _pointer(self) -> int:
-        mount = self.mount
         self._fs()
-        assert mount is not None
-        if mount.pointer is None:
-            mount.pointer = mount_pointer(mount.fs) or 0
-            if not mount.pointer:
-                log.warning("%r: the mount pointer of %r cannot be found safely; "
-                            "no data windows on it", self, mount)
-        if not mount.pointer:
+        assert self.mount is not None
+        if not self.mount.pointer:
             raise SessionError(errno.EOPNOTSUPP, "data windows are not available on this "
                                "mount: send the data inline")
-        return mount.pointer
+        return self.mount.pointer
 
     def _window_io(self, length: int, at: int) -> Window:
         window = self.window

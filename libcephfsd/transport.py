@@ -37,10 +37,12 @@ class SpinPoll:
     fast calls and slow ones (an MDS round trip), the fast calls after a slow
     one should still poll.  Misses in a row make the transport sleep at once
     for the next 1, 3, 7 ... 63 receives, so an idle or slow peer costs at
-    most one budget per 64 receives; a poll that finds data resets that.  *gate* (shared) lets one thread of the process poll at a
-    time, and *allowed* (checked while polling) is the owner's condition, for
-    example that no other thread of the process needs the GIL, since a
-    polling thread keeps taking it back.
+    most one budget per 64 receives; a poll that finds data resets that.
+
+    *gate* (shared) lets one thread of the process poll at a time, and
+    *allowed* (checked while polling) is the owner's condition, for example
+    that no other thread of the process needs the GIL, since a polling
+    thread keeps taking it back.
     """
 
     __slots__ = ("budget", "gate", "allowed", "hits", "misses", "_streak", "_skip")

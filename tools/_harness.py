@@ -84,29 +84,27 @@ class DaemonProcess:
         return self.proc.returncode
 
 
-def rss_kib(pid: int) -> int:
-    """Resident set size of *pid* in KiB (0 once it is gone)."""
+def _proc_kib(path: str, key: str) -> int:
+    """The KiB figure of the line starting with *key* in a /proc file (0 once gone)."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(key):
                     return int(line.split()[1])
     except (FileNotFoundError, ProcessLookupError):
         pass
     return 0
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of *pid* in KiB (0 once it is gone)."""
+    return _proc_kib(f"/proc/{pid}/status", "VmRSS:")
 
 
 def pss_kib(pid: int) -> int:
     """Proportional set size of *pid* in KiB: shared pages split among their
     users, so a sum over processes counts a shared library once."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0
+    return _proc_kib(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
 def threads_of(pid: int) -> int:
