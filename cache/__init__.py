@@ -61,8 +61,9 @@ class CacheStats:
 class _Store(LRUCache):
     """LRUCache that reports evictions (cachetools calls popitem when full)."""
 
-    def __init__(self, maxsize: int, on_evict: Callable[[Any, Any], None]):
-        super().__init__(maxsize)
+    def __init__(self, maxsize: int, on_evict: Callable[[Any, Any], None],
+                 getsizeof: Callable[[Any], int] | None = None):
+        super().__init__(maxsize, getsizeof)
         self._on_evict = on_evict
 
     def popitem(self) -> tuple[Any, Any]:
@@ -74,13 +75,17 @@ class _Store(LRUCache):
 class MetadataCache:
     """See the module docstring."""
 
-    def __init__(self, maxsize: int, timer: Callable[[], float] = time.monotonic):
+    def __init__(self, maxsize: int, timer: Callable[[], float] = time.monotonic,
+                 weigh: Callable[[Any], int] | None = None):
+        """*maxsize* bounds the entries, each counting 1, or what *weigh*
+        says of its value (for values of very different sizes)."""
         if maxsize < 1:
             raise ValueError("maxsize must be at least 1")
         self.maxsize = maxsize
         self._timer = timer
+        self._weigh = weigh
         self._lock = threading.Lock()
-        self._store = _Store(maxsize, self._evicted)
+        self._store = self._new_store()
         #: dependency -> keys of the entries that depend on it
         self._by_dep: dict[Dep, set] = {}
         self.stats = CacheStats()
@@ -94,8 +99,9 @@ class MetadataCache:
 
     # -- lookups and fills -------------------------------------------------------
 
-    def get(self, key: Hashable) -> Any:
-        """The cached value for *key*, or MISS.  Counts a hit or a miss."""
+    def get(self, key: Hashable, count_miss: bool = True) -> Any:
+        """The cached value for *key*, or MISS.  Counts a hit or a miss
+        (unless *count_miss* is False: a second place the caller looks)."""
         with self._lock:
             entry = self._store.get(key)
             if entry is not None:
@@ -104,14 +110,16 @@ class MetadataCache:
                     return entry[0]
                 self._drop(key, entry)
                 self.stats.expirations += 1
-            self.stats.misses += 1
+            if count_miss:
+                self.stats.misses += 1
             return MISS
 
     def put(self, key: Hashable, value: Any, deadline: float, deps: Iterable[Dep]) -> bool:
         """Cache *value* until *deadline* unless it is already past; False if not stored."""
         deps = tuple(deps)
         with self._lock:
-            if self._timer() >= deadline:
+            if self._timer() >= deadline or (
+                    self._weigh is not None and self._weigh(value) > self.maxsize):
                 self.stats.uncacheable += 1
                 return False
             old = self._store.get(key)
@@ -156,11 +164,17 @@ class MetadataCache:
         """Forget everything (the connection was lost, or the daemon said so)."""
         with self._lock:
             # A new store: LRUCache.clear() would pop (and count) every entry.
-            self._store = _Store(self.maxsize, self._evicted)
+            self._store = self._new_store()
             self._by_dep.clear()
             self.stats.flushes += 1
 
     # -- bookkeeping (call with the lock held) ---------------------------------------
+
+    def _new_store(self) -> _Store:
+        weigh = self._weigh
+        if weigh is None:
+            return _Store(self.maxsize, self._evicted)
+        return _Store(self.maxsize, self._evicted, lambda entry: weigh(entry[0]))
 
     def _drop(self, key: Hashable, entry: tuple) -> None:
         del self._store[key]

@@ -21,7 +21,7 @@ import os
 import socket
 import threading
 import weakref
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Iterable
 
 from libcephfsd import protocol
 from libcephfsd.coherence import CLIENT_STATS_AT, EPOCH, PAGE_SIZE, SENT, dep_from_wire
@@ -29,6 +29,7 @@ from libcephfsd.protocol import Event, EventKind, Feature, Op, Reply, Request, S
 from libcephfsd.transport import ConnectionClosed, SocketTransport, SpinPoll
 
 from ._errors import DaemonUnavailable, ProtocolError
+from ._types import cache_weight
 from .cache import MISS, MetadataCache
 
 DEFAULT_SOCKET = "/run/libcephfsd.sock"
@@ -167,6 +168,7 @@ class Connection:
         features = Feature.CLIENT_CACHE if cache_entries else Feature(0)
         if _window_wanted():
             features |= Feature.DATA_WINDOW
+        features |= Feature.LISTDIR
         request = protocol.hello_request(1, features, {"cache_entries": cache_entries}
                                          if cache_entries else None)
         self._transport.send(request)
@@ -187,7 +189,7 @@ class Connection:
                 self._map = mmap.mmap(fds[0], PAGE_SIZE)
                 self._page = memoryview(self._map).cast("Q")
                 self._epoch = self._page[EPOCH]
-                self.cache = MetadataCache(int(hello.cache["entries"]))
+                self.cache = MetadataCache(int(hello.cache["entries"]), weigh=cache_weight)
             return hello
         finally:
             for fd in fds:
@@ -201,6 +203,11 @@ class Connection:
     @property
     def max_data(self) -> int:
         return self.hello.max_data
+
+    @property
+    def listdir(self) -> bool:
+        """Whether the daemon answers LISTDIR."""
+        return Feature.LISTDIR in self.hello.features
 
     def call(self, op: Op, args: list | tuple = (), data: bytes | bytearray | memoryview = b""
              ) -> tuple[Any, Any]:
@@ -227,7 +234,7 @@ class Connection:
         window = self._window
         if window is None:
             window = self._window = self._open_window()
-        return window or None
+        return window if isinstance(window, memoryview) else None
 
     def _open_window(self) -> memoryview | bool:
         if Feature.DATA_WINDOW not in self.hello.features:
@@ -248,11 +255,13 @@ class Connection:
                 os.close(fd)
 
     def fetch(self, op: Op, args: list | tuple, key: Hashable,
-              convert: Callable[[Any], Any]) -> Any:
+              convert: Callable[[Any], Any],
+              also: Callable[[Any], Iterable[Hashable]] | None = None) -> Any:
         """Call a cacheable op; cache the (converted) answer when the daemon allows.
 
         An error answer is cached as its ErrorReply (a cached "no such file")
-        and raised.
+        and raised.  *also*, given the answer, names more keys it answers
+        (cached with the same deps and deadline).
         """
         with self._lock:
             epoch = self._epoch
@@ -276,13 +285,17 @@ class Connection:
                 # predate the change, so it is returned but not kept.
                 if not invalidated.intersection(deps):
                     cache.put(key, value, deadline, deps)
+                    if also is not None:
+                        for other in also(value):
+                            cache.put(other, value, deadline, deps)
         if isinstance(value, ErrorReply):
             raise value
         return value
 
-    def lookup(self, key: Hashable) -> Any:
+    def lookup(self, key: Hashable, count_miss: bool = True) -> Any:
         """The cached answer for *key*, or MISS.  No round trip; takes the
-        connection lock only when invalidations are pending."""
+        connection lock only when invalidations are pending.  *count_miss*
+        False: a first place to look, which is no miss if empty."""
         page = self._page
         if page is None:
             return MISS
@@ -291,7 +304,7 @@ class Connection:
         self._lookups += 1
         if self._lookups % _PUBLISH_EVERY == 0:
             self._publish()
-        return self.cache.get(key)  # type: ignore[union-attr]
+        return self.cache.get(key, count_miss)  # type: ignore[union-attr]
 
     def forget(self, key: Hashable) -> None:
         if self.cache is not None:

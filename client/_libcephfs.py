@@ -22,7 +22,7 @@ from . import _constants as C
 from ._connection import Connection, ErrorReply, cache_settings
 from .cache import MISS
 from ._errors import Error, LibCephFSStateError, OperationNotSupported, make_ex
-from ._types import DirEntry, cstr, cstr_list, stat_result, statx_result
+from ._types import DirEntry, Listing, cstr, cstr_list, stat_result, statx_result
 
 #: Entries fetched per READDIR round trip.
 READDIR_BATCH = 256
@@ -43,25 +43,53 @@ def _cint(value: Any) -> int:
     raise TypeError("an integer is required")
 
 
+#: statx fields the binding returns for each mask bit, in its order, with the
+#: StatResult index holding the same value (checked against the binding).
+_STATX_FIELDS = ((C.CEPH_STATX_MODE, "mode", 2), (C.CEPH_STATX_NLINK, "nlink", 3),
+                 (C.CEPH_STATX_UID, "uid", 4), (C.CEPH_STATX_GID, "gid", 5),
+                 (C.CEPH_STATX_RDEV, "rdev", 6), (C.CEPH_STATX_ATIME, "atime", 10),
+                 (C.CEPH_STATX_MTIME, "mtime", 11), (C.CEPH_STATX_CTIME, "ctime", 12),
+                 (C.CEPH_STATX_INO, "ino", 1), (C.CEPH_STATX_SIZE, "size", 7),
+                 (C.CEPH_STATX_BLOCKS, "blocks", 9))
+#: statx flags under which a cached stat (or lstat) is the answer.
+_STATX_FROM_STAT_FLAGS = C.AT_SYMLINK_NOFOLLOW | C.AT_STATX_DONT_SYNC
+
+
+def _not_a_link(value: Any) -> bool:
+    """True for an lstat answer that is also the stat answer: not a symlink,
+    or an error (which a stat of the same name meets too)."""
+    return type(value) is ErrorReply or value.st_mode & 0o170000 != 0o120000
+
+
 class DirResult:
     """An open directory of a LibCephFS, read in batches.
 
     ``telldir()`` is answered locally: every entry carries the daemon's
-    position after it.
+    position after it.  A directory the daemon listed whole in LISTDIR has
+    no handle open in the daemon (``handle`` is -1): it is read from that
+    listing, and rewinding asks for the directory's current listing again
+    (from the cache when it holds one, which the daemon keeps coherent).
     """
 
-    def __init__(self, lib: LibCephFS, handle: int, pos: int):
+    def __init__(self, lib: LibCephFS, handle: int, pos: int, entries: tuple = (),
+                 eof: bool = False, path: bytes | None = None):
         self.lib = lib
         self.handle: int | None = handle
         self._pos = pos
-        self._entries: deque = deque()
-        self._eof = False
+        self._entries: deque = deque(entries)
+        self._eof = eof
+        #: (absolute path, position at the start, the whole listing) of a local one
+        self._listing: tuple[bytes, int, tuple] | None = None
+        if handle == 0:
+            assert path is not None and eof
+            self.handle = _LOCAL
+            self._listing = (path, pos, entries)
 
     def __repr__(self) -> str:
         return f"<DirResult handle={self.handle} buffered={len(self._entries)}>"
 
     def __del__(self) -> None:
-        if self.handle is not None:
+        if self.handle is not None and self.handle != _LOCAL:
             # Finalizers may run inside another call on the same connection:
             # leave the close to the next opendir().
             self.lib._orphan_dirs.append(self.handle)
@@ -96,7 +124,8 @@ class DirResult:
             self.lib.require_state("mounted")
             handle, self.handle = self.handle, None
             self._entries.clear()
-            self.lib._call(Op.CLOSEDIR, (handle,), "closedir failed")
+            if handle != _LOCAL:
+                self.lib._call(Op.CLOSEDIR, (handle,), "closedir failed")
 
     def rewinddir(self) -> None:
         if not self.handle:
@@ -105,9 +134,21 @@ class DirResult:
         self._rewind()
 
     def _rewind(self) -> None:
+        if self._listing is not None:
+            self._adopt(*self.lib._list(self._listing[0], self._listing[0]))
+            return
         self._pos, _ = self.lib._call(Op.REWINDDIR, (self.handle,), "rewinddir failed")
         self._entries.clear()
         self._eof = False
+
+    def _adopt(self, handle: int, pos: int, entries: tuple, eof: bool) -> None:
+        """Read on from a fresh LISTDIR answer (a handle of its own if it has one)."""
+        self._pos, self._entries, self._eof = pos, deque(entries), eof
+        if handle:
+            self.handle, self._listing = handle, None
+        else:
+            assert self._listing is not None
+            self._listing = (self._listing[0], pos, entries)
 
     def telldir(self) -> int:
         if not self.handle:
@@ -121,10 +162,32 @@ class DirResult:
         if not isinstance(offset, int):
             raise TypeError("offset must be an int")
         self.lib.require_state("mounted")
+        if self._listing is not None:
+            path, start, listing = self._listing
+            if offset == start:
+                self._pos, self._entries, self._eof = start, deque(listing), True
+                return
+            for i, entry in enumerate(listing):
+                if entry[5] == offset:      # a position telldir gave
+                    self._pos, self._entries, self._eof = offset, deque(listing[i + 1:]), True
+                    return
+            # Any other position is libcephfs's to interpret: open the
+            # directory for real and seek there.
+            (handle, _), _ = self.lib._call(Op.OPENDIR, (path,), "seekdir failed")
+            self.handle, self._listing = handle, None
         self.lib._call(Op.SEEKDIR, (self.handle, offset), "seekdir failed")
         self._pos = offset
         self._entries.clear()
         self._eof = False
+
+
+#: DirResult.handle of a directory listed whole, with no handle in the daemon.
+_LOCAL = -1
+
+
+def _listing(wire: list) -> Listing:
+    handle, pos, entries, eof = wire
+    return Listing(handle, pos, tuple(tuple(e) for e in entries), eof)
 
 
 def _check_dir(handle: Any) -> DirResult:
@@ -479,9 +542,32 @@ class LibCephFS:
                 self._call(Op.CLOSEDIR, (self._orphan_dirs.pop(),), "closedir failed")
             except Error:
                 pass
+        conn = self._conn
+        if conn is not None and conn.listdir:
+            apath = self._abs(path)
+            return DirResult(self, *self._list(path, apath), path=apath)
         (handle, pos), _ = self._call(Op.OPENDIR, (path,),
                                       lambda: "opendir failed at {}".format(path.decode("utf-8")))
         return DirResult(self, handle, pos)
+
+    def _list(self, path: bytes, apath: bytes) -> Listing:
+        """LISTDIR of *path* (*apath* made absolute): from the cache if it
+        holds the listing, else asked (and cached when complete)."""
+        conn = self._conn
+        if conn is None:
+            raise LibCephFSStateError("You cannot perform that operation on a "
+                                      "CephFS object in state %s." % (self.state))
+        err = lambda: "opendir failed at {}".format(path.decode("utf-8"))  # noqa: E731
+        key = (4, apath)
+        value = MISS if conn.cache is None else conn.lookup(key)
+        if value is MISS:
+            try:
+                value = conn.fetch(Op.LISTDIR, (path, READDIR_BATCH), key, _listing)
+            except ErrorReply as exc:
+                raise self._error(exc, err) from None
+        elif type(value) is ErrorReply:
+            raise self._error(value, err)
+        return value
 
     def readdir(self, handle: Any) -> DirEntry | None:
         handle = _check_dir(handle)
@@ -600,8 +686,39 @@ class LibCephFS:
             self.require_state("mounted")
         path = cstr(path, "path")
         follow = bool(follow_symlink)
-        return self._cached((0, self._abs(path), follow), Op.STAT, (path, follow), stat_result,
-                            lambda: "error in stat: {}".format(path.decode("utf-8")))
+        err = lambda: "error in stat: {}".format(path.decode("utf-8"))  # noqa: E731
+        conn = self._conn
+        if conn is None or conn.cache is None:
+            return stat_result(self._call(Op.STAT, (path, follow), err)[0])
+        key = (0, self._abs(path), follow)
+        value = conn.lookup(key)
+        if value is MISS:
+            try:
+                value = self._fetch_stat(conn, path, key)
+            except ErrorReply as exc:
+                raise self._error(exc, err) from None
+        if type(value) is ErrorReply:
+            raise self._error(value, err)
+        return value
+
+    @staticmethod
+    def _fetch_stat(conn: Connection, path: bytes, key: tuple) -> Any:
+        """stat or lstat through the daemon, cached under every key it answers.
+
+        lstat of a name that is not a symlink (or does not resolve: the same
+        error either way) is also its stat, with the same deps: so a stat is
+        asked as an lstat first, and only a symlink costs a second call.
+        Not for a trailing slash, which makes lstat follow.
+        """
+        _, apath, follow = key
+        if apath[-1:] == b"/":
+            return conn.fetch(Op.STAT, (path, follow), key, stat_result)
+        twin = (0, apath, True)
+        value = conn.fetch(Op.STAT, (path, False), (0, apath, False), stat_result,
+                           also=lambda v: (twin,) if _not_a_link(v) else ())
+        if follow and not _not_a_link(value):
+            value = conn.fetch(Op.STAT, (path, True), key, stat_result)
+        return value
 
     def lstat(self, path: Any) -> Any:
         return self.stat(path, follow_symlink=False)
@@ -622,6 +739,16 @@ class LibCephFS:
         err = lambda: "error in stat: %s" % path  # noqa: E731
         if flag & C.AT_STATX_FORCE_SYNC:
             return statx_result(self._call(Op.STATX, (path, mask, flag), err)[0])
+        conn = self._conn
+        if (conn is not None and conn.cache is not None and not mask & ~C.CEPH_STATX_BASIC_STATS
+                and not flag & ~_STATX_FROM_STAT_FLAGS):
+            # A cached stat/lstat of the same name answers any basic fields.
+            st = conn.lookup((0, self._abs(path), not flag & C.AT_SYMLINK_NOFOLLOW),
+                             count_miss=False)
+            if type(st) is ErrorReply:
+                raise self._error(st, err)
+            if st is not MISS:
+                return {name: st[i] for bit, name, i in _STATX_FIELDS if mask & bit}
         # A copy: callers may change the dict, the cached one must not.
         return dict(self._cached((1, self._abs(path), mask, flag), Op.STATX,
                                  (path, mask, flag), statx_result, err))

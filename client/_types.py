@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class DirEntry(namedtuple("DirEntry", ["d_ino", "d_off", "d_reclen", "d_type", "d_name"])):
@@ -72,3 +72,19 @@ def decode_cstr(val: bytes | None, encoding: str = "utf-8") -> str | None:
     if val is None:
         return None
     return val.decode(encoding)
+
+
+class Listing(NamedTuple):
+    """LISTDIR's answer, entries immutable (a complete listing may be cached
+    and shared by DirResults)."""
+
+    handle: int
+    pos: int
+    entries: tuple
+    eof: bool
+
+
+def cache_weight(value: Any) -> int:
+    """What a cached answer counts against the cache's entry bound: 1, and
+    for a directory listing 1 more per 16 entries."""
+    return 1 + len(value.entries) // 16 if type(value) is Listing else 1

@@ -74,9 +74,11 @@ class Feature(enum.IntFlag):
     #: A memory window shared with the daemon for large reads and writes
     #: (WINDOW, READ_WINDOW, WRITE_WINDOW).
     DATA_WINDOW = 0x2
+    #: LISTDIR: open, read and (at the end) close a directory in one call.
+    LISTDIR = 0x4
 
 
-SUPPORTED_FEATURES = Feature.CLIENT_CACHE | Feature.DATA_WINDOW
+SUPPORTED_FEATURES = Feature.CLIENT_CACHE | Feature.DATA_WINDOW | Feature.LISTDIR
 
 
 class EventKind(enum.IntEnum):
@@ -166,6 +168,7 @@ class Op(enum.IntEnum):
     REWINDDIR = 113
     TELLDIR = 114
     SEEKDIR = 115
+    LISTDIR = 116
     # extended attributes
     GETXATTR = 120
     FGETXATTR = 121
@@ -666,6 +669,7 @@ ARGS: dict[Op, tuple[Callable[[Any], Any], ...]] = {
     Op.REWINDDIR: (UINT,),
     Op.TELLDIR: (UINT,),
     Op.SEEKDIR: (UINT, INT),                  # handle, position
+    Op.LISTDIR: (PATH, UINT),                 # path, max entries
     Op.GETXATTR: (PATH, BYTES, UINT, BOOL),   # path, name, size, follow_symlink
     Op.FGETXATTR: (INT, BYTES, UINT),
     Op.SETXATTR: (PATH, BYTES, BYTES, INT, BOOL),  # path, name, value, flags, follow

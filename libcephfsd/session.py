@@ -32,6 +32,7 @@ from .protocol import ErrorSource, Feature, Op, Reply, Request, RequestError, Se
 if TYPE_CHECKING:
     from .server import Server
     from .transport import SocketTransport
+    from .window import Window
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,20 @@ _SLASHES = re.compile(rb"/{2,}")
 #: File types mknod(2) creates (0: a regular file, as Linux takes it).
 _MKNOD_TYPES = frozenset({0, stat_mod.S_IFREG, stat_mod.S_IFCHR, stat_mod.S_IFBLK,
                           stat_mod.S_IFIFO, stat_mod.S_IFSOCK})
+
+
+def _read_entries(fs: Any, handle: Any, max_entries: int) -> list:
+    """[entries, eof]: up to *max_entries* (at least 1, at most
+    READDIR_MAX_BATCH) entries of an open directory, each with the position
+    after it, so the client can answer telldir() for entries it buffered."""
+    entries: list[list] = []
+    for _ in range(max(1, min(max_entries, protocol.READDIR_MAX_BATCH))):
+        entry = fs.readdir(handle)
+        if entry is None:
+            return [entries, True]
+        entries.append([entry.d_ino, entry.d_off, entry.d_reclen, entry.d_type,
+                        entry.d_name, fs.telldir(handle)])
+    return [entries, False]
 
 
 def _collapse_slashes(path: bytes) -> bytes:
@@ -915,17 +930,38 @@ class Session:
         return [hid, fs.telldir(handle)]
 
     def op_readdir(self, hid: int, max_entries: int) -> list:
-        fs, handle = self._fs(), self._dir(hid)
-        entries: list[list] = []
-        for _ in range(max(1, min(max_entries, protocol.READDIR_MAX_BATCH))):
-            entry = fs.readdir(handle)
-            if entry is None:
-                return [entries, True]
-            # Each entry carries the position after it, so the client can
-            # answer telldir() for entries it has buffered.
-            entries.append([entry.d_ino, entry.d_off, entry.d_reclen, entry.d_type,
-                            entry.d_name, fs.telldir(handle)])
-        return [entries, False]
+        return _read_entries(self._fs(), self._dir(hid), max_entries)
+
+    def op_listdir(self, path: bytes, max_entries: int) -> Any:
+        """OPENDIR and a first READDIR in one call.  A directory read to its
+        end within *max_entries* is closed at once (handle 0), and that
+        listing may be cached: its deps are the walk to the directory, which
+        names the directory's inode, and every entry change in a directory
+        invalidates that inode."""
+        if Feature.LISTDIR not in self.features:
+            raise SessionError(errno.EPROTO, "LISTDIR needs the LISTDIR feature")
+        fs, p = self._fs(), self._path(path)
+        walked = None
+        if self._caching() is not None:
+            try:
+                walked = self._cached_walk(p, True, full=False)
+            except Uncacheable:
+                pass
+        handle = fs.opendir(p if walked is None else walked[1])
+        try:
+            pos = fs.telldir(handle)
+            entries, eof = _read_entries(fs, handle, max_entries)
+        except BaseException:
+            fs.closedir(handle)
+            raise
+        if not eof:
+            hid = self._next_dir
+            self._next_dir += 1
+            self.dirs[hid] = handle
+            return [hid, pos, entries, False]
+        fs.closedir(handle)
+        result = [0, pos, entries, True]
+        return result if walked is None else self._answer(result, walked[2], walked[3])
 
     def op_closedir(self, hid: int) -> None:
         fs, handle = self._fs(), self._dir(hid)

@@ -193,3 +193,40 @@ def test_inputs_that_would_crash_libcephfs_are_answered(raw, bystander, ceph_con
                                errno.ENOTEMPTY, errno.EINVAL), reply
     assert raw.call(Op.PING) is None
     assert direct_fs.stat("/").st_ino == 1     # the cluster's MDS lives too
+
+
+def mount_raw(raw: RawClient, ceph_conf: str) -> None:
+    raw.call(Op.CREATE, [None])
+    with open(ceph_conf, "rb") as f:
+        raw.call(Op.CONF_READ_FILE, ["ceph.conf", f.read()])
+    raw.call(Op.MOUNT, [None, b"cephfs"])
+
+
+def test_listdir_needs_its_feature_and_keeps_a_handle_only_when_unfinished(
+        proxy_env, bystander, ceph_conf, workdir, direct_fs):
+    for i in range(12):
+        direct_fs.close(direct_fs.open(f"{workdir}/e{i:02d}", "w", 0o644))
+    path = workdir.encode()
+    with RawClient(proxy_env.socket_path) as raw:             # asked for no feature
+        mount_raw(raw, ceph_conf)
+        assert raw.request(Op.LISTDIR, [path, 100]).errno == errno.EPROTO
+    with RawClient(proxy_env.socket_path, hello=False) as raw:
+        raw.hello = raw.call(Op.HELLO, [protocol.MAGIC, protocol.PROTOCOL_VERSION,
+                                        int(protocol.Feature.LISTDIR)])
+        mount_raw(raw, ceph_conf)
+        assert raw.request(Op.LISTDIR, [path, -1]).errno == errno.EINVAL
+        assert raw.request(Op.LISTDIR, [path + b"/nope", 10]).errno == errno.ENOENT
+        assert raw.request(Op.LISTDIR, [path + b"/e00", 10]).errno == errno.ENOTDIR
+        # Read to the end: nothing stays open in the daemon.
+        handle, _, entries, eof = raw.call(Op.LISTDIR, [path, 100])
+        assert (handle, len(entries), eof) == (0, 14, True)
+        assert raw.request(Op.READDIR, [0, 10]).errno == errno.EBADF
+        # Unfinished: an open handle that goes on where the answer stopped.
+        handle, _, entries, eof = raw.call(Op.LISTDIR, [path, 5])
+        assert handle > 0 and len(entries) == 5 and not eof
+        rest, eof = raw.call(Op.READDIR, [handle, 100])
+        assert eof and sorted(e[4] for e in entries + rest) == sorted(
+            [b".", b".."] + [f"e{i:02d}".encode() for i in range(12)])
+        raw.call(Op.CLOSEDIR, [handle])
+        assert raw.request(Op.CLOSEDIR, [handle]).errno == errno.EBADF
+        assert raw.call(Op.PING) is None

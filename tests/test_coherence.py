@@ -61,6 +61,18 @@ def view(fs, path: str, how: str):
         if how == "statx":
             r = fs.statx(path, 0x1fff, 0)
             return sorted((k, v) for k, v in r.items() if k != "version")
+        if how == "statx-basic":
+            # Within the basic stats: the client answers it from a cached stat.
+            return fs.statx(path, proxy.CEPH_STATX_BASIC_STATS, 0)
+        if how == "listdir":
+            d = fs.opendir(path)
+            try:
+                names = []
+                while (e := fs.readdir(d)) is not None:
+                    names.append((e.d_name, e.d_type, e.d_ino))
+            finally:
+                fs.closedir(d)
+            return sorted(names)
         s = fs.lstat(path) if how == "lstat" else fs.stat(path)
         return (s.st_ino, s.st_mode, s.st_nlink, s.st_uid, s.st_gid, s.st_size,
                 s.st_mtime, s.st_ctime)
@@ -146,6 +158,26 @@ CHANGES = {
     "dotdot after dir rename": ("d/../f", "stat", lambda p: lambda fs: fs.rename(p("d"), p("e"))),
     "readlink after relink": ("link", "readlink", lambda p: lambda fs: (
         fs.unlink(p("link")), fs.symlink("x", p("link")))),
+    "chmod (statx from stat)": ("f", "statx-basic", lambda p: lambda fs: fs.chmod(p("f"), 0o600)),
+    "write (statx from stat)": ("f", "statx-basic", lambda p: with_fd(
+        p("f"), "r+", lambda fs, fd: fs.write(fd, b"x" * 20, 0))),
+    "create (listing)": (".", "listdir", lambda p: lambda fs: fs.close(fs.open(p("new"), "w", 0o644))),
+    "mkdir (listing)": (".", "listdir", lambda p: lambda fs: fs.mkdir(p("new"), 0o755)),
+    "mknod (listing)": (".", "listdir", lambda p: lambda fs: fs.mknod(p("new"), st.S_IFIFO | 0o600)),
+    "symlink (listing)": (".", "listdir", lambda p: lambda fs: fs.symlink("f", p("new"))),
+    "link (listing)": ("d", "listdir", lambda p: lambda fs: fs.link(p("f"), p("d/new"))),
+    "unlink (listing)": (".", "listdir", lambda p: lambda fs: fs.unlink(p("f"))),
+    "rmdir (listing)": (".", "listdir", lambda p: lambda fs: fs.rmdir(p("d"))),
+    "rename out (listing of the source)": ("d", "listdir",
+                                           lambda p: lambda fs: fs.rename(p("d/inner"), p("g"))),
+    "rename in (listing of the target)": ("d2", "listdir",
+                                          lambda p: lambda fs: fs.rename(p("f"), p("d2/g"))),
+    "rename over (listing)": ("d2", "listdir",
+                              lambda p: lambda fs: fs.rename(p("f"), p("d2/inner"))),
+    "type change (listing)": (".", "listdir", lambda p: lambda fs: (
+        fs.unlink(p("f")), fs.mkdir(p("f"), 0o755))),
+    "dir renamed away (listing by its old path)": ("d", "listdir",
+                                                   lambda p: lambda fs: fs.rename(p("d"), p("e"))),
 }
 
 
@@ -170,7 +202,7 @@ def test_change_is_seen_by_the_next_call(name, through, clients, direct_fs, work
     base = f"{workdir}/t"
     direct_fs.mkdir(base, 0o777)
     build_tree(direct_fs, base)
-    if name == "rmdir":
+    if name in ("rmdir", "rmdir (listing)"):
         direct_fs.unlink(f"{base}/d/inner")
     rel, how, change = CHANGES[name]
     path = f"{base}/{rel}"
@@ -209,12 +241,19 @@ def test_relative_paths_follow_the_cwd(clients, direct_fs, workdir):
 
 NOBODY_OBSERVER = r"""
 import json, sys, libcephfs_proxy as cephfs
-conf, path = sys.argv[1], sys.argv[2]
+conf, path, how = sys.argv[1], sys.argv[2], sys.argv[3]
 fs = cephfs.LibCephFS(conffile=conf)
 fs.mount(filesystem_name="cephfs")
+def listing():
+    d = fs.opendir(path)
+    names = []
+    while (e := fs.readdir(d)) is not None:
+        names.append(e.d_name.decode())
+    fs.closedir(d)
+    return sorted(names)
 def look():
     try:
-        return ["ok", fs.stat(path).st_size]
+        return ["ok", fs.stat(path).st_size if how == "stat" else listing()]
     except cephfs.OSError as exc:
         return ["error", exc.errno]
 for line in sys.stdin:
@@ -224,14 +263,17 @@ for line in sys.stdin:
 """
 
 
+@pytest.mark.parametrize("how", ["stat", "listdir"])
 def test_losing_search_permission_on_a_directory_invalidates_lookups_beneath(
-        cache_daemon, ceph_conf, direct_fs, workdir, clients):
+        how, cache_daemon, ceph_conf, direct_fs, workdir, clients):
     a, _ = clients
     direct_fs.chmod(workdir, 0o755)
     direct_fs.mkdir(f"{workdir}/guarded", 0o755)
     make_file(direct_fs, f"{workdir}/guarded/f")
+    path, seen = ((f"{workdir}/guarded/f", 10) if how == "stat"
+                  else (f"{workdir}/guarded", [".", "..", "f"]))
     observer = subprocess.Popen(
-        [sys.executable, "-c", NOBODY_OBSERVER, ceph_conf, f"{workdir}/guarded/f"],
+        [sys.executable, "-c", NOBODY_OBSERVER, ceph_conf, path, how],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, user=NOBODY, group=NOBODY,
         env={"LIBCEPHFSD_SOCKET": cache_daemon.socket_path, "PYTHONPATH": str(REPO)}, cwd="/")
 
@@ -241,11 +283,51 @@ def test_losing_search_permission_on_a_directory_invalidates_lookups_beneath(
         return json.loads(observer.stdout.readline())
 
     try:
-        assert ask()[:2] == ["ok", 10]
-        assert ask() == ["ok", 10, 1]          # answered from its cache
+        assert ask()[:2] == ["ok", seen]
+        assert ask() == ["ok", seen, 1]        # answered from its cache
         a.chmod(f"{workdir}/guarded", 0o700)    # root-owned: nobody loses search permission
         assert ask()[:2] == ["error", 13]
     finally:
         observer.stdin.close()
         observer.wait(30)
         observer.stdout.close()
+
+
+def test_one_answer_serves_stat_lstat_and_basic_statx_only_where_equal(clients, direct_fs,
+                                                                        workdir):
+    _, b = clients
+    make_file(direct_fs, f"{workdir}/f")
+    direct_fs.symlink("f", f"{workdir}/link")
+    stats = b._conn.cache.stats
+
+    def hits(call, *args):
+        before = stats.hits
+        result = call(*args)
+        return result, stats.hits - before
+
+    f, link = f"{workdir}/f", f"{workdir}/link"
+    fst, n = hits(b.stat, f)
+    assert n == 0
+    assert hits(b.lstat, f) == (fst, 1)               # not a symlink: the same answer
+    sx, n = hits(b.statx, f, proxy.CEPH_STATX_BASIC_STATS, 0)
+    assert n == 1 and sx == direct_fs.statx(f, proxy.CEPH_STATX_BASIC_STATS, 0)
+    assert hits(b.statx, f, proxy.CEPH_STATX_MODE | proxy.CEPH_STATX_SIZE, 0) == (
+        {"mode": fst.st_mode, "size": 10}, 1)
+    assert hits(b.statx, f, proxy.CEPH_STATX_BTIME, 0)[1] == 0   # beyond a stat: asked
+    # A symlink: its lstat does not answer its stat, nor the reverse.
+    lst, _ = hits(b.lstat, link)
+    target, n = hits(b.stat, link)
+    assert st.S_ISLNK(lst.st_mode) and n == 0 and target == fst
+    assert hits(b.statx, link, proxy.CEPH_STATX_INO, proxy.AT_SYMLINK_NOFOLLOW) == (
+        {"ino": lst.st_ino}, 1)
+    assert hits(b.statx, link, proxy.CEPH_STATX_INO, 0) == ({"ino": fst.st_ino}, 1)
+    # A missing name: one answer, an error, for all three.
+    for call, expected_hits in ((b.lstat, 0), (b.stat, 1)):
+        before_hits = stats.hits
+        with pytest.raises(proxy.ObjectNotFound):
+            call(f"{workdir}/nope")
+        assert stats.hits == before_hits + expected_hits
+    before = (stats.hits, stats.misses)
+    with pytest.raises(proxy.ObjectNotFound):
+        b.statx(f"{workdir}/nope", proxy.CEPH_STATX_MODE, 0)
+    assert (stats.hits, stats.misses) == (before[0] + 1, before[1])

@@ -3,7 +3,8 @@ through one caching daemon; a checker proves no read returned a value older
 than a change that had already returned.
 
 Every change gives a file a version no other change gives (its size), or
-removes it, or creates it empty.  Half the files only change size (by path
+removes it, or creates it empty.  Reads are stat, lstat, statx, or whether
+the directory's listing holds the name.  Half the files only change size (by path
 and through fds: their names never change inode); the others are also
 removed and created again (by path, atomically).  Each operation is recorded with CLOCK_MONOTONIC times taken
 just before the call and just after it returned (the clock is shared by all
@@ -48,9 +49,22 @@ while time.monotonic() < end:
     t0 = time.monotonic()
     if r < 0.70:
         hits = fs._conn.cache.stats.hits
+        how = rng.random()
         try:
-            value = fs.stat(path).st_size if rng.random() < 0.8 else \
-                fs.statx(path, cephfs.CEPH_STATX_SIZE, 0)["size"]
+            if how < 0.2:
+                # Whether the directory's listing has the name: -2 for "there".
+                d = fs.opendir(path.rsplit("/", 1)[0])
+                names = []
+                while (e := fs.readdir(d)) is not None:
+                    names.append(e.d_name)
+                fs.closedir(d)
+                value = -2 if path.rsplit("/", 1)[1].encode() in names else -1
+            elif how < 0.5:
+                value = fs.stat(path).st_size
+            elif how < 0.7:
+                value = fs.lstat(path).st_size
+            else:
+                value = fs.statx(path, cephfs.CEPH_STATX_SIZE, 0)["size"]
         except cephfs.ObjectNotFound:
             value = -1
         log.append(["read", path, value, t0, time.monotonic(),
@@ -112,7 +126,10 @@ def find_stale_reads(entries: list[list]) -> list[str]:
         for kind, value, t0, t1, who in ops:
             if kind != "read":
                 continue
-            candidates = producers.get(value)
+            if value == -2:     # a listing showed the name: any version but "removed"
+                candidates = [c for v, cs in producers.items() if v != -1 for c in cs]
+            else:
+                candidates = producers.get(value)
             if not candidates:
                 problems.append(f"{path}: read {value} at {t0:.6f} that no change wrote")
                 continue
@@ -131,10 +148,13 @@ def test_checker_finds_a_stale_read():
     log = [["change", "/p", 17, 1.0, 2.0], ["change", "/p", 33, 3.0, 4.0],
            ["read", "/p", 17, 5.0, 6.0], ["read", "/p", 33, 5.0, 6.0],
            ["read", "/p", 17, 3.5, 6.0],          # overlaps the second change: fine
-           ["change", "/q", -1, 1.0, 2.0], ["read", "/q", 0, 3.0, 4.0]]
+           ["change", "/q", -1, 1.0, 2.0], ["read", "/q", 0, 3.0, 4.0],
+           ["read", "/q", -2, 3.0, 4.0],          # listed after its removal: stale
+           ["read", "/p", -2, 5.0, 6.0], ["read", "/p", -1, 5.0, 6.0]]
     problems = find_stale_reads(log)
-    assert len(problems) == 2
-    assert "/p: read 17 at [5.000000" in problems[0] and "/q: read 0" in problems[1]
+    assert len(problems) == 4
+    assert "/p: read 17 at [5.000000" in problems[0] and "/p: read -1" in problems[1]
+    assert "/q: read 0" in problems[2] and "/q: read -2" in problems[3]
 
 
 def test_no_read_is_older_than_a_completed_change(cache_daemon, ceph_conf, direct_fs,

@@ -278,6 +278,51 @@ def directories(fs, mod, base):
 
 
 @scenario
+def small_directories(fs, mod, base):
+    # Read whole in one LISTDIR through the daemon (no handle stays open
+    # there): positions, seeks and rewinds must still behave as libcephfs's.
+    out = []
+    for name in ("a", "b", "c"):
+        fs.close(fs.open(f"{base}/{name}", "w"))
+    names = lambda d: [e.d_name for e in iter(d.readdir, None)]  # noqa: E731
+    d = fs.opendir(base)
+    start = fs.telldir(d)
+    head = [fs.readdir(d).d_name for _ in range(2)]
+    pos = fs.telldir(d)
+    rest = names(d)
+    out.append(sorted(head + rest))
+    out.append(fs.readdir(d))
+    fs.seekdir(d, pos)
+    out.append(names(d) == rest)
+    fs.seekdir(d, start)
+    out.append(sorted(names(d)))
+    # rewinddir shows the directory as it is now.
+    fs.close(fs.open(f"{base}/new", "w"))
+    fs.unlink(f"{base}/a")
+    fs.rewinddir(d)
+    out.append(sorted(names(d)))
+    fs.seekdir(d, pos)
+    out.append(len(names(d)))
+    fs.closedir(d)
+    out.append(outcome(d.telldir))          # (readdir of a closed handle crashes the binding)
+    with fs.opendir(base) as d2:
+        first = sorted(names(d2))
+        d2.rewinddir()
+        out.append(first == sorted(names(d2)) == [b".", b"..", b"b", b"c", b"new"])
+    fs.mkdir(f"{base}/closed", 0o700)
+    fs.chmod(f"{base}/closed", 0o000)
+    out.append(sorted(names(fs.opendir(f"{base}/closed"))))     # root reads it anyway
+    fs.close(fs.open(f"{base}/file", "w"))
+    out.append(outcome(fs.opendir, f"{base}/file"))
+    out.append(outcome(fs.opendir, f"{base}/file/"))
+    fs.symlink("b", f"{base}/to-b")
+    fs.symlink(".", f"{base}/to-here")
+    out.append(outcome(fs.opendir, f"{base}/to-b"))
+    out.append(sorted(names(fs.opendir(f"{base}/to-here"))) == sorted(names(fs.opendir(base))))
+    return out
+
+
+@scenario
 def cwd_and_relative_paths(fs, mod, base):
     out = []
     fs.mkdirs(f"{base}/real/inner", 0o755)

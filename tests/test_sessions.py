@@ -19,7 +19,12 @@ conf, base, nfiles = sys.argv[1], sys.argv[2], int(sys.argv[3])
 fs = cephfs.LibCephFS(conffile=conf)
 fs.mount(filesystem_name="cephfs")
 fds = [fs.open(f"{base}/f{i}", "w", 0o644) for i in range(nfiles)]
-dirs = [fs.opendir(base) for _ in range(3)]
+# More entries than one LISTDIR returns, so that each opendir holds a handle
+# in the daemon (a small directory is read whole and closed there at once).
+fs.mkdir(f"{base}/big", 0o755)
+for i in range(cephfs._libcephfs.READDIR_BATCH + 1):
+    fs.close(fs.open(f"{base}/big/e{i}", "w", 0o644))
+dirs = [fs.opendir(f"{base}/big") for _ in range(3)]
 print(fs._conn.hello.session, flush=True)
 sys.stdin.read()          # hold everything until killed or stdin closes
 """
@@ -95,7 +100,7 @@ def test_chdir_and_umask_are_per_client(connect, direct_fs, workdir):
     assert direct_fs.stat(f"{workdir}/mode").st_mode & 0o777 == 0o666
 
 
-def test_fds_and_dir_handles_belong_to_their_session(connect, workdir):
+def test_fds_and_dir_handles_belong_to_their_session(connect, workdir, direct_fs):
     a, b = connect(), connect()
     fd = a.open(f"{workdir}/mine", "w", 0o644)
     a.write(fd, b"secret", 0)
@@ -106,7 +111,11 @@ def test_fds_and_dir_handles_belong_to_their_session(connect, workdir):
             raise AssertionError("another session used a's fd")
         except libcephfs_proxy.OSError as exc:
             assert exc.errno == 9
+    for i in range(libcephfs_proxy._libcephfs.READDIR_BATCH + 1):   # a handle in the daemon
+        direct_fs.close(direct_fs.open(f"{workdir}/e{i}", "w", 0o644))
     d = a.opendir(workdir)
+    assert d.handle > 0
+    d._entries.clear()
     d.lib = b                      # smuggle a's handle number into b's session
     try:
         d.readdir()

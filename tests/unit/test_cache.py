@@ -105,3 +105,29 @@ def test_threads_hammering_one_cache(clock):
     assert len(cache) <= 64
     indexed = {k for keys in cache._by_dep.values() for k in keys}
     assert indexed == set(cache._store.keys())
+
+
+def test_weighed_entries_count_what_they_weigh_and_an_oversized_one_is_refused(clock):
+    cache = MetadataCache(10, timer=clock, weigh=len)
+    assert cache.put("big", "x" * 6, 2000.0, [1])
+    assert cache.put("small", "yy", 2000.0, [2])
+    assert cache.put("other", "zzz", 2000.0, [3])    # 6 + 2 + 3 > 10: evicts "big"
+    assert cache.get("big") is MISS and cache.stats.evictions == 1 and 1 not in cache._by_dep
+    assert not cache.put("huge", "w" * 11, 2000.0, [4])
+    assert cache.stats.uncacheable == 1 and cache.get("huge") is MISS
+    assert [cache.get(k) for k in ("small", "other")] == ["yy", "zzz"]
+
+
+def test_a_first_place_to_look_counts_no_miss(clock):
+    cache = MetadataCache(4, timer=clock)
+    assert cache.get("k", count_miss=False) is MISS
+    cache.put("k", 1, 2000.0, [1])
+    assert cache.get("k", count_miss=False) == 1
+    assert (cache.stats.hits, cache.stats.misses) == (1, 0)
+
+
+def test_a_listing_weighs_one_more_per_sixteen_entries():
+    from libcephfs_proxy._types import Listing, cache_weight
+    assert cache_weight(Listing(0, 0, ((),) * 15, True)) == 1
+    assert cache_weight(Listing(0, 0, ((),) * 256, True)) == 17
+    assert cache_weight("a stat answer") == 1
