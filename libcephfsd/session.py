@@ -354,14 +354,22 @@ class Session:
         deps = lambda: self._inode_deps(path, follow)  # noqa: E731
         return self._changing(deps, deps)
 
-    def _entry_deps(self, path: bytes) -> list:
+    def _entry_deps(self, path: bytes, with_object: bool = True) -> list:
         """What changes with the directory entry at *path*: the entry, its
-        directory, the object it names (and a directory's '..')."""
+        directory, the object it names (and a directory's '..').
+
+        *with_object* False, for a change that only succeeds when the name
+        is new (mkdir, mknod, symlink, link's new name): nothing can have
+        cached an object that did not exist, and looking a new name up costs
+        a round trip to the MDS.
+        """
         fs = self._fs()
         trimmed, entry = self._entry_of(path)
         if entry is None:
             raise ValueError("no single entry")
         deps: list = [entry, entry[0]]
+        if not with_object:
+            return deps
         try:
             ino, kind = ino_and_type(fs, trimmed)
         except Exception as exc:
@@ -671,7 +679,7 @@ class Session:
 
     def op_mkdir(self, path: bytes, mode: int) -> None:
         p = self._path(path)
-        with self._changing(lambda: self._entry_deps(p)):
+        with self._changing(lambda: self._entry_deps(p, with_object=False)):
             self._fs().mkdir(p, mode)
 
     def op_mkdirs(self, path: bytes, mode: int) -> None:
@@ -680,11 +688,12 @@ class Session:
             self._fs().mkdirs(p, mode)
 
     def _prefix_deps(self, path: bytes) -> list:
-        """Entries mkdirs may create: every prefix of *path*."""
+        """Entries mkdirs may create: every prefix of *path* (the existing
+        ones it leaves as they are)."""
         deps: list = []
         parts = [c for c in path.split(b"/") if c]
         for i in range(1, len(parts) + 1):
-            deps.extend(self._entry_deps(b"/" + b"/".join(parts[:i])))
+            deps.extend(self._entry_deps(b"/" + b"/".join(parts[:i]), with_object=False))
         return deps
 
     def op_rmdir(self, path: bytes) -> None:
@@ -704,7 +713,8 @@ class Session:
 
     def op_link(self, existing: bytes, newname: bytes) -> None:
         e, n = self._path(existing), self._path(newname)
-        with self._changing(lambda: self._inode_deps(e, False) + self._entry_deps(n)):
+        with self._changing(lambda: self._inode_deps(e, False)
+                            + self._entry_deps(n, with_object=False)):
             self._fs().link(e, n)
 
     def op_symlink(self, target: bytes, newname: bytes) -> None:
@@ -714,7 +724,7 @@ class Session:
         if not target or b"\0" in target:
             raise SessionError(errno.ENOENT, "symlink: empty target", ErrorSource.CEPHFS)
         n = self._path(newname)
-        with self._changing(lambda: self._entry_deps(n)):
+        with self._changing(lambda: self._entry_deps(n, with_object=False)):
             self._fs().symlink(target, n)
 
     def op_readlink(self, path: bytes, size: int) -> Any:
@@ -739,7 +749,7 @@ class Session:
             raise SessionError(errno.EINVAL, f"mknod: file type {stat_mod.S_IFMT(mode):#o} "
                                "is not one mknod makes", ErrorSource.CEPHFS)
         p = self._path(path)
-        with self._changing(lambda: self._entry_deps(p)):
+        with self._changing(lambda: self._entry_deps(p, with_object=False)):
             self._fs().mknod(p, mode, rdev)
 
     # -- open files --------------------------------------------------------------------
@@ -747,8 +757,14 @@ class Session:
     def op_open(self, path: bytes, flags: int, mode: int) -> int:
         p = self._path(path)
         if flags & (os.O_CREAT | os.O_TRUNC):
-            with self._changing(lambda: self._entry_deps(p)):
-                fd = self._fs().open(p, flags, mode)
+            # What the name now opens is the object that may have changed
+            # (truncated): its inode, from the new fd, costs no MDS lookup,
+            # which a name about to be created would.
+            opened: list[int] = []
+            opened_ino = lambda: [self._fs().fstat(opened[0]).st_ino] if opened else []  # noqa: E731
+            with self._changing(lambda: self._entry_deps(p, with_object=False), opened_ino):
+                opened.append(self._fs().open(p, flags, mode))
+            fd = opened[0]
         else:
             fd = self._fs().open(p, flags, mode)
         self.files[fd] = None
