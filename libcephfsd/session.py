@@ -953,17 +953,17 @@ class Session:
         end within *max_entries* is closed at once (handle 0), and that
         listing may be cached: its deps are the walk to the directory, which
         names the directory's inode, and every entry change in a directory
-        invalidates that inode."""
+        invalidates that inode.  The walk comes after the listing, so a
+        directory too large to list whole costs none; a change made meanwhile
+        (through the daemon) makes the fill refused, and a walk that ends
+        elsewhere than the listed directory (re-bound by another client)
+        leaves the listing uncached."""
         if Feature.LISTDIR not in self.features:
             raise SessionError(errno.EPROTO, "LISTDIR needs the LISTDIR feature")
         fs, p = self._fs(), self._path(path)
-        walked = None
-        if self._caching() is not None:
-            try:
-                walked = self._cached_walk(p, True, full=False)
-            except Uncacheable:
-                pass
-        handle = fs.opendir(p if walked is None else walked[1])
+        tracker = self._caching()
+        seq0 = tracker.begin() if tracker is not None else None
+        handle = fs.opendir(p)
         try:
             pos = fs.telldir(handle)
             entries, eof = _read_entries(fs, handle, max_entries)
@@ -977,7 +977,15 @@ class Session:
             return [hid, pos, entries, False]
         fs.closedir(handle)
         result = [0, pos, entries, True]
-        return result if walked is None else self._answer(result, walked[2], walked[3])
+        if seq0 is None:
+            return result
+        try:
+            _, _, deps = walk(fs, p, True, full=False)
+        except Exception:  # noqa: BLE001 - the listing stands; only its caching is off
+            return result
+        if deps[-1] not in [e[0] for e in entries if e[4] == b"."]:
+            return result
+        return self._answer(result, deps, seq0)
 
     def op_closedir(self, hid: int) -> None:
         fs, handle = self._fs(), self._dir(hid)
