@@ -21,7 +21,8 @@ from libcephfsd.protocol import MAX_BODY, PATH_MAX, Op
 from . import _constants as C
 from ._connection import Connection, ErrorReply, cache_settings
 from .cache import MISS
-from ._errors import Error, LibCephFSStateError, OperationNotSupported, make_ex
+from ._errors import (Error, LibCephFSStateError, OperationNotSupported, ProtocolError,
+                      make_ex)
 from ._types import DirEntry, Listing, cstr, cstr_list, stat_result, statx_result
 
 #: Entries fetched per READDIR round trip.
@@ -185,9 +186,16 @@ class DirResult:
 _LOCAL = -1
 
 
-def _listing(wire: list) -> Listing:
-    handle, pos, entries, eof = wire
-    return Listing(handle, pos, tuple(tuple(e) for e in entries), eof)
+def _listing(wire: Any) -> Listing:
+    try:
+        handle, pos, entries, eof = wire
+        listing = Listing(int(handle), int(pos), tuple(tuple(e) for e in entries), bool(eof))
+        if listing.handle < 0 or (listing.handle == 0 and not listing.eof) or any(
+                len(e) != 6 for e in listing.entries):
+            raise ValueError(wire)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"libcephfsd sent a malformed LISTDIR answer: {exc}") from None
+    return listing
 
 
 def _check_dir(handle: Any) -> DirResult:

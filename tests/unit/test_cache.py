@@ -131,3 +131,18 @@ def test_a_listing_weighs_one_more_per_sixteen_entries():
     assert cache_weight(Listing(0, 0, ((),) * 15, True)) == 1
     assert cache_weight(Listing(0, 0, ((),) * 256, True)) == 17
     assert cache_weight("a stat answer") == 1
+
+
+@pytest.mark.parametrize("wire", [None, [0, 0, [], False], [-1, 0, [], True], [0, 0, [[1]], True],
+                                  [0, "x", [], True], [1, 2, 3]])
+def test_a_malformed_listing_is_a_protocol_error(wire):
+    from libcephfs_proxy import ProtocolError
+    from libcephfs_proxy._libcephfs import _listing
+    with pytest.raises(ProtocolError):
+        _listing(wire)
+
+
+def test_a_listing_is_made_immutable():
+    from libcephfs_proxy._libcephfs import _listing
+    got = _listing([0, 7, [[1, 2, 3, 4, b".", 9]], True])
+    assert got == (0, 7, ((1, 2, 3, 4, b".", 9),), True) and got.eof
