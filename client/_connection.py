@@ -16,11 +16,13 @@ to apply them.
 from __future__ import annotations
 
 import ctypes
+import logging
 import mmap
 import os
 import socket
 import threading
 import weakref
+from collections import deque
 from typing import Any, Callable, Hashable, Iterable
 
 from libcephfsd import protocol
@@ -33,6 +35,7 @@ from ._types import cache_weight
 from .cache import MISS, MetadataCache
 
 DEFAULT_SOCKET = "/run/libcephfsd.sock"
+log = logging.getLogger("libcephfs_proxy")
 #: Publish cache statistics to the shared page every this many lookups.
 _PUBLISH_EVERY = 256
 
@@ -140,6 +143,9 @@ class Connection:
         self._lookups = 0
         #: Deps invalidated while a call was waiting for its reply.
         self._invalidated_in_call: set | None = None
+        #: Ids of requests sent with post(): their replies are read and
+        #: dropped, in order, before anything else.
+        self._posted: deque[int] = deque()
         _CONNECTIONS.add(self)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
@@ -221,6 +227,24 @@ class Connection:
         if reply.errno:
             raise _error_reply(reply)
         return reply.result, reply.data
+
+    def post(self, op: Op, args: list | tuple = ()) -> None:
+        """Send a request without waiting for its reply, for a call whose
+        answer cannot matter (closing a file opened read-only).  The daemon
+        handles a connection's requests in order, so every later call on
+        this connection finds it done; its reply is read and dropped before
+        the next one.  Raises DaemonUnavailable if it cannot be sent."""
+        with self._lock:
+            self._posted.append(self._send(op, args, b""))
+
+    def _drop_posted(self, message: Any) -> bool:
+        """True if *message* is the reply to the oldest posted request (then dropped)."""
+        if not (self._posted and isinstance(message, Reply) and message.id == self._posted[0]):
+            return False
+        self._posted.popleft()
+        if message.errno:
+            log.warning("libcephfsd: %s (a call not waited for)", message.result)
+        return True
 
     def window(self) -> memoryview | None:
         """The data window shared with the daemon (DATA_WINDOW), or None.
@@ -327,6 +351,8 @@ class Connection:
             try:
                 while self._applied < target:
                     message = self._transport.receive()
+                    if self._drop_posted(message):
+                        continue
                     if not (isinstance(message, Event) and message.kind == EventKind.INVALIDATE):
                         raise ProtocolError(self._break(
                             f"libcephfsd sent {message!r} with no request outstanding"))
@@ -381,9 +407,12 @@ class Connection:
         """The reply to request *rid*, the next one due (lock held)."""
         try:
             reply = self._receive(fds)
-            while (isinstance(reply, Event) and reply.kind == EventKind.INVALIDATE
-                   and self.cache is not None):
-                self._apply(reply.payload)
+            while True:
+                if (isinstance(reply, Event) and reply.kind == EventKind.INVALIDATE
+                        and self.cache is not None):
+                    self._apply(reply.payload)
+                elif not self._drop_posted(reply):
+                    break
                 reply = self._receive(fds)
         except (ConnectionClosed, OSError) as exc:
             raise DaemonUnavailable(

@@ -307,6 +307,8 @@ class LibCephFS:
         self.state = "uninitialized"
         self._conn: Connection | None = None
         self._orphan_dirs: list[int] = []
+        #: fds opened read-only (and neither locked nor lazy): closed without waiting.
+        self._readonly_fds: set[int] = set()
         #: The session's cwd as the daemon resolved it (for cache keys).
         self._cwd = b"/"
         if rados_inst is not None:
@@ -397,6 +399,7 @@ class LibCephFS:
         if self._conn is not None:
             self._conn.close()
         self._conn = Connection(cache_entries=cache_settings())
+        self._readonly_fds.clear()
         self._call(Op.CREATE, (auth,), "libcephfs_initialize failed")
         self.state = "configuring"
         if conffile in (self.NO_CONF_FILE, None):
@@ -478,6 +481,7 @@ class LibCephFS:
     def _left_mount(self) -> None:
         self.state = "initialized"
         self._cwd = b"/"
+        self._readonly_fds.clear()
         if self._conn is not None:
             self._conn.clear_cache()
 
@@ -883,15 +887,29 @@ class LibCephFS:
         path = cstr(path, "path")
         if not isinstance(mode, int):
             raise TypeError("mode must be an int")
-        return self._call(Op.OPEN, (path, _open_flags(flags), mode),
-                          lambda: "error in open {}".format(path.decode("utf-8")))[0]
+        flags = _open_flags(flags)
+        fd = self._call(Op.OPEN, (path, flags, mode),
+                        lambda: "error in open {}".format(path.decode("utf-8")))[0]
+        if flags & (os.O_ACCMODE | os.O_CREAT | os.O_TRUNC) == os.O_RDONLY:
+            self._readonly_fds.add(fd)
+        return fd
 
     def close(self, fd: Any) -> None:
         self.require_state("mounted")
         if not isinstance(fd, int):
             raise TypeError("fd must be an int")
-        if self._conn is not None:
-            self._conn.forget((3, fd))    # the number may name another file next
+        conn = self._conn
+        if conn is not None:
+            conn.forget((3, fd))    # the number may name another file next
+            if fd in self._readonly_fds:
+                # Closing what was only read cannot fail or change anything
+                # another call could see: no need to wait for it.
+                self._readonly_fds.discard(fd)
+                try:
+                    conn.post(Op.CLOSE, (fd,))
+                except ErrorReply as exc:
+                    raise self._error(exc, "error in close") from None
+                return
         self._call(Op.CLOSE, (fd,), "error in close")
 
     def read(self, fd: Any, offset: Any, l: Any) -> bytes:  # noqa: E741 - the binding's name
@@ -1039,6 +1057,7 @@ class LibCephFS:
             raise TypeError("fd must be an int")
         if not isinstance(operation, int):
             raise TypeError("operation must be an int")
+        self._readonly_fds.discard(fd)      # its close releases the lock: waited for
         return self._call(Op.FLOCK, (fd, operation, _cint(owner)), "error in write")[0]
 
     def lazyio(self, fd: Any, enable: Any) -> None:
@@ -1047,6 +1066,7 @@ class LibCephFS:
             raise TypeError("fd must be an int")
         if not isinstance(enable, int):
             raise TypeError("enable must be an int")
+        self._readonly_fds.discard(fd)
         self._call(Op.LAZYIO, (fd, enable), "lazyio failed")
 
     def lazyio_propagate(self, fd: Any, offset: Any, count: Any) -> None:

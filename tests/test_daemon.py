@@ -207,12 +207,16 @@ def test_config_file_content_not_path_decides_sharing(proxy_env, ceph_conf, tmp_
 def test_bytes_in_flight_are_capped_with_backpressure(own_daemon, ceph_conf, workdir):
     d = own_daemon("--max-io-size", "1M", "--max-inflight-bytes", "2M")
     errors = []
+    # All writers start at once: more than two 1 MiB pieces must be in
+    # flight together for the cap to make one wait.
+    start = threading.Barrier(8)
 
     def worker(n: int) -> None:
         try:
             fs = mount(ceph_conf)
             data = os.urandom((6 << 20) + n)
             fd = fs.open(f"{workdir}/big{n}", "w", 0o644)
+            start.wait(60)
             assert fs.write(fd, data, 0) == len(data)
             fs.close(fd)
             fd = fs.open(f"{workdir}/big{n}", "r")
@@ -222,7 +226,7 @@ def test_bytes_in_flight_are_capped_with_backpressure(own_daemon, ceph_conf, wor
         except Exception as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
     for t in threads:
         t.start()
     for t in threads:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import subprocess
 import sys
 import threading
+
+import pytest
 
 import libcephfs_proxy
 from helpers import wait_for
@@ -34,6 +37,22 @@ def totals(daemon) -> dict:
     return daemon.status()["totals"]
 
 
+def settled_totals(daemon, expected: dict) -> dict:
+    """totals() once it equals *expected*, or the last one seen: each
+    status() is a short-lived session of its own, and the daemon may still be
+    tearing down the previous one when the next asks."""
+    last: list = []
+
+    def same() -> bool:
+        last[:] = [totals(daemon)]
+        return last[0] == expected
+    try:
+        wait_for(same, timeout=5, what="the daemon's totals to settle")
+    except AssertionError:
+        pass
+    return last[0]
+
+
 def session_ids(daemon) -> set[int]:
     return {s["id"] for s in daemon.status()["sessions"]}
 
@@ -59,7 +78,7 @@ def test_kill_9_releases_every_file_directory_and_mount_reference(proxy_env, cep
     proc.stdout.close()
     proc.stdin.close()
     wait_for(lambda: sid not in session_ids(daemon), what="the killed client's session to end")
-    after = totals(daemon)
+    after = settled_totals(daemon, before)
     assert (after["open_files"], after["open_dirs"], after["sessions"]) == \
         (before["open_files"], before["open_dirs"], before["sessions"])
     assert after["mounts"] == before["mounts"]
@@ -74,7 +93,7 @@ def test_clean_exit_without_shutdown_releases_too(proxy_env, ceph_conf, workdir)
     assert proc.wait(30) == 0
     proc.stdout.close()
     wait_for(lambda: sid not in session_ids(daemon), what="the session to end")
-    assert totals(daemon) == before
+    assert settled_totals(daemon, before) == before
 
 
 def test_chdir_and_umask_are_per_client(connect, direct_fs, workdir):
@@ -206,3 +225,39 @@ def test_status_is_refused_to_other_users(proxy_env):
                          group=65534, capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(__file__)))
     assert out.stdout.strip() == str(errno.EPERM)
+
+
+def test_closing_a_read_only_file_does_not_wait_but_is_done_before_the_next_call(
+        connect, direct_fs, workdir):
+    a, b = connect(), connect()
+    fd = a.open(f"{workdir}/f", "w", 0o644)
+    a.write(fd, b"data", 0)
+    a.close(fd)
+    sid = a._conn.hello.session
+
+    def held() -> int:
+        return next(s for s in a._conn.call(libcephfs_proxy._libcephfs.Op.STATUS)[0]["sessions"]
+                    if s["id"] == sid)["open_files"]
+
+    for _ in range(50):
+        fd = a.open(f"{workdir}/f", "r")
+        assert a.read(fd, 0, 10) == b"data"
+        a.close(fd)                       # posted: its reply is read before the next one
+    assert held() == 0 and not a._conn._posted
+    with pytest.raises(libcephfs_proxy.OSError) as exc:
+        a.close(fd)                       # a second close is waited for, and refused
+    assert exc.value.errno == errno.EBADF
+    # A read-only fd that held a lock: its close is waited for, so the lock
+    # is free for another client the moment close returns.
+    fd = a.open(f"{workdir}/f", "r")
+    a.flock(fd, fcntl.LOCK_EX, 1)
+    assert fd not in a._readonly_fds
+    a.close(fd)
+    fd2 = b.open(f"{workdir}/f", "r")
+    b.flock(fd2, fcntl.LOCK_EX | fcntl.LOCK_NB, 2)
+    b.close(fd2)
+    # Files opened for writing are closed synchronously (close reports errors).
+    fd = a.open(f"{workdir}/f", "r+")
+    assert fd not in a._readonly_fds
+    a.close(fd)
+    assert held() == 0
