@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import stat
 import time
 from collections import deque
 from typing import Any, Literal
@@ -59,7 +60,7 @@ _STATX_FROM_STAT_FLAGS = C.AT_SYMLINK_NOFOLLOW | C.AT_STATX_DONT_SYNC
 def _not_a_link(value: Any) -> bool:
     """True for an lstat answer that is also the stat answer: not a symlink,
     or an error (which a stat of the same name meets too)."""
-    return type(value) is ErrorReply or value.st_mode & 0o170000 != 0o120000
+    return type(value) is ErrorReply or not stat.S_ISLNK(value.st_mode)
 
 
 class DirResult:
@@ -370,16 +371,19 @@ class LibCephFS:
             raise self._error(value, err)
         return value
 
-    def _call(self, op: Op, args: tuple | list, err: Any,
-              data: bytes | bytearray | memoryview = b"") -> tuple[Any, Any]:
-        """One request.  *err* words a libcephfs error as the binding does:
-        a string, or a callable that returns one (only called on error)."""
+    def _live_conn(self) -> Connection:
         conn = self._conn
         if conn is None:
             raise LibCephFSStateError("You cannot perform that operation on a "
                                       "CephFS object in state %s." % (self.state))
+        return conn
+
+    def _call(self, op: Op, args: tuple | list, err: Any,
+              data: bytes | bytearray | memoryview = b"") -> tuple[Any, Any]:
+        """One request.  *err* words a libcephfs error as the binding does:
+        a string, or a callable that returns one (only called on error)."""
         try:
-            return conn.call(op, args, data)
+            return self._live_conn().call(op, args, data)
         except ErrorReply as exc:
             raise self._error(exc, err) from None
 
@@ -565,10 +569,7 @@ class LibCephFS:
     def _list(self, path: bytes, apath: bytes) -> Listing:
         """LISTDIR of *path* (*apath* made absolute): from the cache if it
         holds the listing, else asked (and cached when complete)."""
-        conn = self._conn
-        if conn is None:
-            raise LibCephFSStateError("You cannot perform that operation on a "
-                                      "CephFS object in state %s." % (self.state))
+        conn = self._live_conn()
         err = lambda: "opendir failed at {}".format(path.decode("utf-8"))  # noqa: E731
         key = (4, apath)
         value = MISS if conn.cache is None else conn.lookup(key)

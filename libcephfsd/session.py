@@ -940,10 +940,14 @@ class Session:
     def op_opendir(self, path: bytes) -> list:
         fs = self._fs()
         handle = fs.opendir(self._path(path))
+        return [self._hold_dir(handle), fs.telldir(handle)]
+
+    def _hold_dir(self, handle: Any) -> int:
+        """Number an open directory of this session's (what OPENDIR returns)."""
         hid = self._next_dir
         self._next_dir += 1
         self.dirs[hid] = handle
-        return [hid, fs.telldir(handle)]
+        return hid
 
     def op_readdir(self, hid: int, max_entries: int) -> list:
         return _read_entries(self._fs(), self._dir(hid), max_entries)
@@ -971,10 +975,7 @@ class Session:
             fs.closedir(handle)
             raise
         if not eof:
-            hid = self._next_dir
-            self._next_dir += 1
-            self.dirs[hid] = handle
-            return [hid, pos, entries, False]
+            return [self._hold_dir(handle), pos, entries, False]
         fs.closedir(handle)
         result = [0, pos, entries, True]
         if seq0 is None:
