@@ -34,13 +34,18 @@ sys.stdin.read()          # hold everything until killed or stdin closes
 
 
 def totals(daemon) -> dict:
-    return daemon.status()["totals"]
+    """The daemon's totals, sessions counted only if they hold a mount: each
+    status() asks on a short-lived connection of its own, and the daemon may
+    still be tearing down an earlier one (seen both ways: 2 != 1, 1 != 2)."""
+    status = daemon.status()
+    out = dict(status["totals"])
+    out["sessions"] = sum(1 for s in status["sessions"] if s["mount"] is not None)
+    return out
 
 
 def settled_totals(daemon, expected: dict) -> dict:
-    """totals() once it equals *expected*, or the last one seen: each
-    status() is a short-lived session of its own, and the daemon may still be
-    tearing down the previous one when the next asks."""
+    """totals() once it equals *expected*, or the last one seen: a mount
+    reference is released as the session's connection thread finishes."""
     last: list = []
 
     def same() -> bool:
