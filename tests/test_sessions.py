@@ -248,6 +248,7 @@ def test_closing_a_read_only_file_does_not_wait_but_is_done_before_the_next_call
         fd = a.open(f"{workdir}/f", "r")
         assert a.read(fd, 0, 10) == b"data"
         a.close(fd)                       # posted: its reply is read before the next one
+    assert len(a._conn._posted) == 1      # the last one's reply not read yet
     assert held() == 0 and not a._conn._posted
     with pytest.raises(libcephfs_proxy.OSError) as exc:
         a.close(fd)                       # a second close is waited for, and refused
