@@ -21,6 +21,7 @@ import mmap
 import os
 import socket
 import threading
+import time
 import weakref
 from collections import deque
 from typing import Any, Callable, Hashable, Iterable
@@ -30,6 +31,7 @@ from libcephfsd.coherence import CLIENT_STATS_AT, EPOCH, PAGE_SIZE, SENT, dep_fr
 from libcephfsd.protocol import Event, EventKind, Feature, Op, Reply, Request, ServerHello
 from libcephfsd.transport import ConnectionClosed, SocketTransport, SpinPoll
 
+from . import _readbuf
 from ._errors import DaemonUnavailable, ProtocolError
 from ._types import cache_weight
 from .cache import MISS, MetadataCache
@@ -51,9 +53,19 @@ def _after_fork_in_child() -> None:
                         "a forked child must create its own LibCephFS")
         conn._page = None
         conn.cache = None
+        _after_fork_in_parent()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+def _after_fork_in_parent() -> None:
+    # The child shares the read buffers' pages: a bytes object it inherited
+    # must never change, so no buffer is read into again.
+    for conn in list(_CONNECTIONS):
+        for buffer in conn._buffers:
+            buffer.forked = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child,
+                    after_in_parent=_after_fork_in_parent)
 
 
 def cache_settings() -> int | None:
@@ -136,8 +148,12 @@ class Connection:
         self._window_map: mmap.mmap | None = None
         self._window_anchor: Any = None
         self._window_address = 0
-        #: Held from filling the window to emptying it, across calls.
+        #: Held from filling the window to emptying it, across calls; also
+        #: guards the read buffers.
         self.window_lock = threading.Lock()
+        self._buffers: list[_readbuf.ReadBuffer] = []
+        #: After the daemon refused a read buffer, none is asked for until then.
+        self._buffers_refused_until = 0.0
         self._applied = 0
         self._epoch = 0
         self._lookups = 0
@@ -175,6 +191,8 @@ class Connection:
         if _window_wanted():
             features |= Feature.DATA_WINDOW
         features |= Feature.LISTDIR
+        if _window_wanted() and _readbuf.supported() and _readbuf.budget():
+            features |= Feature.READ_BUFFERS
         request = protocol.hello_request(1, features, {"cache_entries": cache_entries}
                                          if cache_entries else None)
         self._transport.send(request)
@@ -481,6 +499,124 @@ class Connection:
             self._window_map.madvise(mmap.MADV_REMOVE)
         return out if got == length else out[:got]
 
+    def read_buffered(self, fd: int, offset: int, length: int) -> bytes | None:
+        """Read into a read buffer and return its object (``window_lock``
+        held); None if no buffer is free or can be had (read through the
+        window then).
+
+        Pieces of ``max_data`` are all sent before the first reply (one at a
+        time at the file position, offset < 0), and every reply is read
+        before returning: the daemon must be done writing into the buffer.
+        The result ends at the first short piece.  Raises ErrorReply for an
+        error on the first piece; an error on a later one ends the read
+        there, as a short read.
+        """
+        buffer = self._free_buffer(length)
+        if buffer is None:
+            return None
+        chunk = self.hello.max_data
+        pieces = [(start, min(chunk, length - start)) for start in range(0, length, chunk)]
+
+        def issue(start: int, size: int) -> int:
+            return self._send(Op.READ_BUFFER, (fd, offset + start if offset >= 0 else offset,
+                                               size, buffer.bid, _readbuf.PAGE + start), b"")
+
+        replies = []
+        with self._lock:
+            if offset >= 0:
+                for rid in [issue(*piece) for piece in pieces]:
+                    replies.append(self._await(rid))
+            else:
+                for start, size in pieces:
+                    reply = self._await(issue(start, size))
+                    replies.append(reply)
+                    if reply.errno or reply.result != size:
+                        break
+        got = 0
+        for (start, size), reply in zip(pieces, replies):
+            if reply.errno:
+                if not start:
+                    raise _error_reply(reply)
+                break
+            n = reply.result
+            if type(n) is not int or not 0 <= n <= size:
+                raise ProtocolError(self._break(f"libcephfsd at {self.path} answered "
+                                                f"READ_BUFFER of {size} bytes with {n!r}"))
+            got += n
+            if n < size:
+                break
+        if got < _readbuf.MIN_READ // 2:
+            # A short read (end of file) would pin the buffer for a few bytes.
+            return ctypes.string_at(buffer.data, got)
+        return buffer.hand_out(got)
+
+    def _free_buffer(self, length: int) -> _readbuf.ReadBuffer | None:
+        """A free buffer for *length* bytes, made if need be (``window_lock`` held)."""
+        best = None
+        for buffer in self._buffers:
+            if buffer.forked:
+                if buffer.free():
+                    self._drop_buffer(buffer)
+                    return self._free_buffer(length)
+            elif (length <= buffer.capacity <= length * _readbuf.SLACK and buffer.free()
+                  and (best is None or buffer.capacity < best.capacity)):
+                best = buffer
+        if best is not None or self._broken is not None:
+            return best
+        if Feature.READ_BUFFERS not in self.hello.features:
+            return None
+        if len(self._buffers) >= _readbuf.PER_CONNECTION:
+            # Make room by dropping a free buffer of the wrong size, if any.
+            spare = next((b for b in self._buffers if b.free()), None)
+            if spare is None:
+                return None
+            self._drop_buffer(spare)
+        if time.monotonic() < self._buffers_refused_until:
+            return None
+        return self._new_buffer(_readbuf.capacity_for(length))
+
+    def _new_buffer(self, capacity: int) -> _readbuf.ReadBuffer | None:
+        size = _readbuf.buffer_size(capacity)
+        if not _readbuf.reserve(size):
+            return None
+        fds: list[int] = []
+        buffer = None
+        try:
+            with self._lock:
+                reply = self._exchange(Op.BUFFER, (size,), b"", fds)
+            if reply.errno or len(fds) != 1:
+                # The daemon's buffers are all taken: try again later, not on every read.
+                self._buffers_refused_until = time.monotonic() + 1.0
+                return None
+            try:
+                bid, granted = int(reply.result["id"]), int(reply.result["size"])
+            except (TypeError, KeyError, ValueError):
+                raise ProtocolError(self._break(f"libcephfsd at {self.path} answered BUFFER "
+                                                f"with {reply.result!r}")) from None
+            if granted < size:      # mapping past the memfd's end would fault on use
+                raise ProtocolError(self._break(f"libcephfsd at {self.path} made a read "
+                                                f"buffer of {granted} bytes, not {size}"))
+            try:
+                buffer = _readbuf.ReadBuffer(bid, fds[0], size)
+            except (OSError, RuntimeError) as exc:
+                log.warning("libcephfs_proxy: read buffers disabled on %r: %s", self, exc)
+                self._buffers_refused_until = float("inf")
+                self.post(Op.FREE_BUFFER, (bid,))
+                return None
+        finally:
+            for fd in fds:
+                os.close(fd)
+            if buffer is None:
+                _readbuf.unreserve(size)
+        self._buffers.append(buffer)
+        return buffer
+
+    def _drop_buffer(self, buffer: _readbuf.ReadBuffer) -> None:
+        """Free a buffer nobody references, here and in the daemon."""
+        self._buffers.remove(buffer)
+        buffer.unmap()
+        self.post(Op.FREE_BUFFER, (buffer.bid,))
+
     def write_window(self, fd: int, offset: int, data: memoryview) -> int:
         """Write through the window (held by the caller with ``window_lock``).
 
@@ -556,6 +692,14 @@ class Connection:
                 self._window_anchor = None
                 self._window_map.close()
                 self._window_map = None
+            # The daemon frees its side with the session; here a buffer whose
+            # object is still in use stays mapped until it is not.
+            for buffer in self._buffers:
+                if buffer.free():
+                    buffer.unmap()
+                else:
+                    _readbuf.orphan(buffer)
+            self._buffers.clear()
             if self._page is not None:
                 self._page.release()
                 self._page = None

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from libcephfsd.protocol import MAX_BODY, PATH_MAX, Op
 
 from . import _constants as C
+from . import _readbuf
 from ._connection import Connection, ErrorReply, cache_settings
 from .cache import MISS
 from ._errors import (Error, LibCephFSStateError, OperationNotSupported, ProtocolError,
@@ -925,6 +926,12 @@ class LibCephFS:
             raise ValueError("Negative size passed to PyBytes_FromStringAndSize")
         conn = self._conn
         if l >= WINDOW_MIN and conn is not None and conn.window() is not None:
+            if l >= _readbuf.MIN_READ:
+                # libcephfs reads into a read buffer, which is the bytes
+                # returned: no copy at all in this process.
+                data = self._through_window(conn.read_buffered, "error in read", fd, offset, l)
+                if data is not None:
+                    return data
             # libcephfs reads into the shared window; the one copy is into the
             # bytes returned, as with the binding.
             return self._through_window(conn.read_window, "error in read", fd, offset, l)

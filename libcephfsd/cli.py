@@ -56,6 +56,10 @@ def _budget(text: str) -> int:
     return _parse_size(text, 64 << 10, 1 << 40)
 
 
+def _buffers(text: str) -> int:
+    return 0 if text.strip() == "0" else _budget(text)
+
+
 def _number(text: str, unit: str) -> float:
     try:
         return float(text)
@@ -112,6 +116,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-inflight-bytes", metavar="SIZE", type=_budget, default=None,
                         help="file data the daemon holds for requests at once, all clients "
                              "together; more waits (backpressure). Default: 64 x max-io-size")
+    parser.add_argument("--max-read-buffers", metavar="SIZE", type=_buffers, default=None,
+                        help="memory the daemon maps for clients' read buffers, all clients "
+                             "together: large reads land in them and reach the application "
+                             "without a copy; past it, reads go through the window with one "
+                             "copy more. 0 turns them off. Default: 32 x max-io-size")
     parser.add_argument("--spin-us", metavar="MICROSECONDS", type=_spin, default=100.0,
                         help="after answering, poll the client's socket this long for its next "
                              "call before sleeping (default %(default)s; 0: never). Waking a "
@@ -217,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             server = Server(args.socket, socket_mode=args.socket_mode, max_data=args.max_io_size,
                             private_dir=private_dir, shutdown_timeout=args.shutdown_timeout,
                             coherence=coherence, max_inflight=args.max_inflight_bytes,
+                            max_read_buffers=args.max_read_buffers,
                             spin_us=args.spin_us, housekeeping=_malloc_trimmer())
             server.bind()
         except DaemonRunning as exc:

@@ -76,9 +76,13 @@ class Feature(enum.IntFlag):
     DATA_WINDOW = 0x2
     #: LISTDIR: open, read and (at the end) close a directory in one call.
     LISTDIR = 0x4
+    #: Read buffers: memfds the daemon reads into and the client hands out as
+    #: the result, without a copy (BUFFER, FREE_BUFFER, READ_BUFFER).
+    READ_BUFFERS = 0x8
 
 
-SUPPORTED_FEATURES = Feature.CLIENT_CACHE | Feature.DATA_WINDOW | Feature.LISTDIR
+SUPPORTED_FEATURES = (Feature.CLIENT_CACHE | Feature.DATA_WINDOW | Feature.LISTDIR
+                      | Feature.READ_BUFFERS)
 
 
 class EventKind(enum.IntEnum):
@@ -101,6 +105,8 @@ class Op(enum.IntEnum):
     PING = 2
     STATUS = 3
     WINDOW = 4
+    BUFFER = 5
+    FREE_BUFFER = 6
     # configuration and mount: the session's life cycle
     CREATE = 10
     CONF_READ_FILE = 11
@@ -161,6 +167,7 @@ class Op(enum.IntEnum):
     LAZYIO_SYNCHRONIZE = 99
     READ_WINDOW = 100
     WRITE_WINDOW = 101
+    READ_BUFFER = 102
     # directories
     OPENDIR = 110
     READDIR = 111
@@ -647,6 +654,9 @@ ARGS: dict[Op, tuple[Callable[[Any], Any], ...]] = {
     Op.WRITE: (INT, INT),                     # fd, offset; data section: the bytes
     Op.READ_WINDOW: (INT, INT, UINT, UINT),   # fd, offset (<0: file position), length, at
     Op.WRITE_WINDOW: (INT, INT, UINT, UINT),  # fd, offset (<0: file position), length, at
+    Op.READ_BUFFER: (INT, INT, UINT, UINT, UINT),  # fd, offset (<0: position), length, id, at
+    Op.BUFFER: (UINT,),                       # size
+    Op.FREE_BUFFER: (UINT,),                  # id
     Op.PREADV: (INT, UINTS, INT),             # fd, buffer lengths, offset
     Op.PWRITEV: (INT, UINTS, INT),            # fd, buffer lengths, offset; data: buffers
     Op.LSEEK: (INT, INT, INT),                # fd, offset, whence

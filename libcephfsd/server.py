@@ -35,7 +35,7 @@ from .protocol import (DEFAULT_MAX_DATA, HANDSHAKE_MAX_DATA, ErrorSource, Event,
                        FrameError, Reply, Request, RequestError)
 from .session import Session
 from .transport import ConnectionClosed, SocketTransport, SpinPoll
-from .window import WindowPool
+from .window import BufferPool, WindowPool
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,8 @@ class Server:
                  max_data: int = DEFAULT_MAX_DATA, private_dir: str,
                  shutdown_timeout: float = 30.0, backend: CephBackend | None = None,
                  coherence: Coherence | None = None, max_inflight: int | None = None,
-                 spin_us: float = 0.0, housekeeping: Callable[[], None] | None = None):
+                 spin_us: float = 0.0, housekeeping: Callable[[], None] | None = None,
+                 max_read_buffers: int | None = None):
         self.socket_path = socket_path
         self.socket_mode = socket_mode
         self.max_data = max_data
@@ -107,6 +108,9 @@ class Server:
         #: Clients' data windows: their pages kept between calls fit in half
         #: the in-flight budget.
         self.windows = WindowPool(self.budget.limit // 2)
+        #: Clients' read buffers, mapped for their sessions' lives.
+        self.buffers = BufferPool(32 * max_data if max_read_buffers is None
+                                  else max_read_buffers)
         self.shutdown_timeout = shutdown_timeout
         #: How long a connection's thread polls for its client's next request
         #: before sleeping (0: never); see SpinPoll and _Connection._may_spin.
@@ -270,6 +274,7 @@ class Server:
             "sessions": sessions, "mounts": mounts,
             "inflight_bytes": self.budget.describe(),
             "windows": self.windows.describe(),
+            "read_buffers": self.buffers.describe(),
             "cache": None if self.coherence is None else {
                 "ttl": self.coherence.ttl, "max_entries": self.coherence.max_entries,
                 "filesystems": [t.stats() for t in self.coherence.trackers()],

@@ -27,17 +27,20 @@ from .backend import raw_read, raw_write
 from .coherence import NegativeLookup, Notifier, Uncacheable, ino_and_type, walk
 from .mounts import ConfigError, MountConfig, SharedMount
 from .peer import Peer
-from .protocol import ErrorSource, Feature, Op, Reply, Request, RequestError, ServerHello
+from .protocol import (DATA_CEILING, ErrorSource, Feature, Op, Reply, Request, RequestError,
+                       ServerHello)
 
 if TYPE_CHECKING:
     from .server import Server
     from .transport import SocketTransport
-    from .window import Window
+    from .window import ReadBuffer, Window
 
 log = logging.getLogger(__name__)
 
 #: libcephfs's initial umask, which each session starts from.
 DEFAULT_UMASK = 0o022
+#: Read buffers one connection may hold at once.
+MAX_BUFFERS = 8
 
 
 class SessionError(Exception):
@@ -154,6 +157,9 @@ class Session:
         self.greeted = False
         #: Features granted in the handshake.
         self.features = Feature(0)
+        #: Read buffers by id (READ_BUFFERS), and the next id to give.
+        self.buffers: dict[int, ReadBuffer] = {}
+        self._next_buffer = 1
         #: The shared data window, once the client asked for it (DATA_WINDOW).
         self.window: Window | None = None
         self.config: MountConfig | None = None
@@ -275,7 +281,9 @@ class Session:
         else:
             features &= ~Feature.CLIENT_CACHE
         if self.transport is None:
-            features &= ~Feature.DATA_WINDOW
+            features &= ~(Feature.DATA_WINDOW | Feature.READ_BUFFERS)
+        if not self.server.buffers.cap:
+            features &= ~Feature.READ_BUFFERS
         self.features = features
         self.greeted = True
         if self.transport is not None:
@@ -485,6 +493,9 @@ class Session:
         if self.window is not None:
             self.window.close()
             self.window = None
+        for buffer in self.buffers.values():
+            buffer.close()
+        self.buffers.clear()
         if self.config is not None:
             self.config.discard()
             self.config = None
@@ -850,6 +861,54 @@ class Session:
                 window.release(at, length)       # libcephfs has copied the data
         if n < 0:
             raise SessionError(-n, "error in write", ErrorSource.CEPHFS)
+        return n
+
+    # -- read buffers (READ_BUFFERS): the client hands out the daemon's read ---------------
+
+    def op_buffer(self, size: int) -> dict:
+        if Feature.READ_BUFFERS not in self.features:
+            raise SessionError(errno.EPROTO, "BUFFER needs the READ_BUFFERS feature")
+        self._pointer()
+        if not 0 < size <= DATA_CEILING:
+            raise SessionError(errno.EINVAL, f"a read buffer holds 1 to {DATA_CEILING} bytes, "
+                               f"not {size}")
+        if len(self.buffers) >= MAX_BUFFERS:
+            raise SessionError(errno.ENOBUFS, f"this connection has {MAX_BUFFERS} read "
+                               f"buffers already: free one first")
+        buffer = self.server.buffers.open(size)
+        if buffer is None:
+            raise SessionError(errno.ENOBUFS, "the daemon's read buffers are all taken "
+                               "(--max-read-buffers): read through the window")
+        bid = self._next_buffer
+        self._next_buffer += 1
+        self.buffers[bid] = buffer
+        self.fds_to_send = [buffer.fd]
+        return {"id": bid, "size": buffer.size}
+
+    def _buffer(self, bid: int) -> ReadBuffer:
+        buffer = self.buffers.get(bid)
+        if buffer is None:
+            raise SessionError(errno.EINVAL, f"no read buffer {bid} on this connection")
+        return buffer
+
+    def op_free_buffer(self, bid: int) -> None:
+        self._buffer(bid).close()
+        del self.buffers[bid]
+
+    def op_read_buffer(self, fd: int, offset: int, length: int, bid: int, at: int) -> int:
+        buffer = self._buffer(bid)
+        self._check_io_size(length)
+        if at + length > buffer.size:
+            raise SessionError(errno.EINVAL, f"a read of {length} bytes at {at} does not fit "
+                               f"read buffer {bid} of {buffer.size} bytes")
+        pointer = self._pointer()
+        self._fd(fd)
+        # The buffer's bytes were counted when it was made; what libcephfs may
+        # fetch from the OSDs for this read is counted as for any read.
+        self._reserve(length)
+        n = raw_read(pointer, fd, buffer.address + at, length, offset)
+        if n < 0:
+            raise SessionError(-n, "error in read", ErrorSource.CEPHFS)
         return n
 
     def op_preadv(self, fd: int, lengths: list[int], offset: int) -> WithData:

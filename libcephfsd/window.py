@@ -1,4 +1,4 @@
-"""Data windows: file data shared with a client instead of copied through the socket.
+"""Shared memory for file data: data windows and read buffers.
 
 A client granted ``DATA_WINDOW`` gets, on request, a memfd of the daemon's
 ``max_data`` bytes mapped by both processes.  ``READ_WINDOW`` has libcephfs
@@ -11,13 +11,20 @@ while all kept windows fit in the pool's cap; past it, they are freed
 (MADV_REMOVE) after each call, and the next call faults them in again.
 After a write the daemon frees them itself; after a read the data must stay
 until the client has copied it out, so the reply tells the client to free
-them (a client that does not holds at most its one window).  Each session has its own window, so no client ever sees another's
-data.  A window is used by its session's connection thread only.
+them (a client that does not holds at most its one window).  Each session
+has its own window, so no client ever sees another's data.  A window is used
+by its session's connection thread only.
+
+A client granted ``READ_BUFFERS`` may also ask for read buffers (BufferPool):
+memfds that ``READ_BUFFER`` reads into and that the client hands out as they
+are, so a large read costs no copy in the client either.  They are mapped
+for their session's life and capped in total (``--max-read-buffers``).
 """
 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import mmap
 import os
 import threading
@@ -109,3 +116,80 @@ class Window:
         self.map.close()
         os.close(self.fd)
         self.pool._cooled(self, was_warm)
+
+
+class BufferPool:
+    """Read buffers (READ_BUFFERS) of all sessions: their bytes, at most *cap* (thread-safe).
+
+    A read buffer is a memfd a client asked for, mapped by the daemon for the
+    session's life (mapping one per call costs more than the read: populating
+    16 MiB of page tables takes over a millisecond here).  Its bytes count
+    until the client frees it or its session ends.
+    """
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.bytes = 0
+        self.buffers = 0
+        self.refused = 0
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (f"<BufferPool buffers={self.buffers} bytes={self.bytes} cap={self.cap} "
+                f"refused={self.refused}>")
+
+    def describe(self) -> dict:
+        return {"buffers": self.buffers, "bytes": self.bytes, "cap": self.cap,
+                "refused": self.refused}
+
+    def open(self, size: int) -> ReadBuffer | None:
+        """A new buffer of *size* bytes (whole pages), or None past the cap."""
+        size = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
+        with self._lock:
+            if self.bytes + size > self.cap:
+                self.refused += 1
+                return None
+            self.bytes += size
+            self.buffers += 1
+        try:
+            return ReadBuffer(self, size)
+        except BaseException:
+            self._closed(size)
+            raise
+
+    def _closed(self, size: int) -> None:
+        with self._lock:
+            self.bytes -= size
+            self.buffers -= 1
+
+
+class ReadBuffer:
+    """One read buffer: a memfd sealed at its size, so the client can neither
+    shrink it under a read (which would fault the daemon) nor grow it."""
+
+    __slots__ = ("pool", "size", "fd", "map", "address", "_anchor")
+
+    def __init__(self, pool: BufferPool, size: int):
+        self.pool = pool
+        self.size = size
+        self.fd = os.memfd_create("libcephfsd-read-buffer",
+                                  os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(self.fd, size)
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS,
+                        fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+            self.map = mmap.mmap(self.fd, size)
+        except OSError:
+            os.close(self.fd)
+            raise
+        self._anchor = ctypes.c_char.from_buffer(self.map)
+        self.address = ctypes.addressof(self._anchor)
+
+    def __repr__(self) -> str:
+        return f"<ReadBuffer fd={self.fd} size={self.size}>"
+
+    def close(self) -> None:
+        del self._anchor
+        self.map.close()
+        os.close(self.fd)
+        self.pool._closed(self.size)
