@@ -109,6 +109,12 @@ def _window_wanted() -> bool:
         "0", "off", "no", "false")
 
 
+#: While waiting for a large read, poll this much longer per byte asked for
+#: (a copy at 8 GB/s, slower than measured here), at most _SPIN_STRETCH_MAX s.
+_SPIN_PER_BYTE = 1 / 8e9
+_SPIN_STRETCH_MAX = 0.002
+
+
 def _single_threaded() -> bool:
     # A polling thread keeps retaking the GIL from the process's other threads.
     return threading.active_count() == 1
@@ -522,16 +528,25 @@ class Connection:
                                                size, buffer.bid, _readbuf.PAGE + start), b"")
 
         replies = []
+        spin = self._transport.spin
         with self._lock:
-            if offset >= 0:
-                for rid in [issue(*piece) for piece in pieces]:
-                    replies.append(self._await(rid))
-            else:
-                for start, size in pieces:
-                    reply = self._await(issue(start, size))
-                    replies.append(reply)
-                    if reply.errno or reply.result != size:
-                        break
+            if spin is not None:
+                # Each reply takes the daemon's copy of a piece: poll that
+                # much longer rather than sleep and pay a wake-up per piece.
+                spin.stretch = min(pieces[0][1] * _SPIN_PER_BYTE, _SPIN_STRETCH_MAX)
+            try:
+                if offset >= 0:
+                    for rid in [issue(*piece) for piece in pieces]:
+                        replies.append(self._await(rid))
+                else:
+                    for start, size in pieces:
+                        reply = self._await(issue(start, size))
+                        replies.append(reply)
+                        if reply.errno or reply.result != size:
+                            break
+            finally:
+                if spin is not None:
+                    spin.stretch = 0.0
         got = 0
         for (start, size), reply in zip(pieces, replies):
             if reply.errno:

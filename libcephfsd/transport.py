@@ -45,7 +45,7 @@ class SpinPoll:
     thread keeps taking it back.
     """
 
-    __slots__ = ("budget", "gate", "allowed", "hits", "misses", "_streak", "_skip")
+    __slots__ = ("budget", "gate", "allowed", "hits", "misses", "stretch", "_streak", "_skip")
 
     def __init__(self, budget_us: float, gate: threading.Lock,
                  allowed: Callable[[], bool] = lambda: True):
@@ -53,6 +53,9 @@ class SpinPoll:
         self.gate = gate
         self.allowed = allowed
         self.hits = self.misses = 0
+        #: Seconds added to the budget while the owner expects a slow answer
+        #: (a large read: the daemon's copy alone takes hundreds of us).
+        self.stretch = 0.0
         self._streak = self._skip = 0
 
     def __repr__(self) -> str:
@@ -69,7 +72,7 @@ class SpinPoll:
             return -1
         try:
             recv_into, clock = sock.recv_into, time.perf_counter
-            deadline = clock() + self.budget
+            deadline = clock() + self.budget + self.stretch
             while True:
                 try:
                     n = recv_into(view, 0, socket.MSG_DONTWAIT)

@@ -87,3 +87,20 @@ def test_transport_with_spin_receives_whole_messages(pair):
     assert tb.receive().id == 500
     t.join()
     assert tb.spin.hits + tb.spin.misses > 0
+
+
+def test_stretch_extends_the_budget_for_a_slow_answer(pair):
+    a, b = pair
+    view = memoryview(bytearray(16))
+    timer = threading.Timer(0.05, a.send, args=(b"late",))
+    spin = SpinPoll(1000, threading.Lock())             # 1 ms: misses a reply 50 ms away
+    timer.start()
+    assert spin.poll(b, view) == -1
+    timer.join()
+    assert b.recv(16) == b"late"
+    spin = SpinPoll(1000, threading.Lock())
+    spin.stretch = 2.0                                  # expecting a slow answer
+    timer = threading.Timer(0.05, a.send, args=(b"late",))
+    timer.start()
+    assert spin.poll(b, view) == 4 and spin.hits == 1
+    timer.join()
