@@ -877,6 +877,11 @@ class Session:
                                f"buffers already: free one first")
         buffer = self.server.buffers.open(size)
         if buffer is None:
+            refused = self.server.buffers.refused
+            if refused & (refused - 1) == 0:        # the 1st, 2nd, 4th, 8th ... time
+                log.info("%r: read buffers all taken (%s); refused %d time(s) so far: "
+                         "raise --max-read-buffers for large reads without a copy",
+                         self, self.server.buffers, refused)
             raise SessionError(errno.ENOBUFS, "the daemon's read buffers are all taken "
                                "(--max-read-buffers): read through the window")
         bid = self._next_buffer

@@ -225,6 +225,11 @@ def test_the_daemons_cap_refuses_and_the_session_frees(ceph_conf, direct_fs, wor
         status = d.status()["read_buffers"]
         assert status["buffers"] == 1 and 4 * MiB < status["bytes"] <= status["cap"] == 5 * MiB
         assert status["refused"] == 1
+        for _ in range(3):                      # refused: it does not ask again at once
+            fd = clients[1].open(f"{workdir}/cap", "r")
+            assert clients[1].read(fd, 0, len(data)) == data
+            clients[1].close(fd)
+        assert d.status()["read_buffers"]["refused"] == 1
         clients.pop(0).shutdown()
         wait_for(lambda: d.status()["read_buffers"]["bytes"] == 0,
                  what="the session's buffers freed")
