@@ -565,6 +565,38 @@ class Connection:
             return ctypes.string_at(buffer.data, got)
         return buffer.hand_out(got)
 
+    def write_buffered(self, fd: int, offset: int, data: bytes) -> int | None:
+        """Write *data* straight from its read buffer, if it is one of this
+        connection's results (``window_lock`` held); None if not.
+
+        Copying a file reads into a buffer and writes the same bytes out:
+        the daemon writes them from the buffer, with no copy here.  The
+        caller's reference keeps the buffer from being read into meanwhile.
+        Pieces of ``max_data``, one request at a time, as written one after
+        the other; raises ErrorReply for an error on any piece.
+        """
+        buffer = next((b for b in self._buffers if b.holds(data)), None)
+        if buffer is None:
+            return None
+        chunk = self.hello.max_data
+        done = 0
+        with self._lock:
+            for start in range(0, len(data), chunk):
+                size = min(chunk, len(data) - start)
+                reply = self._exchange(Op.WRITE_BUFFER, (
+                    fd, offset + start if offset >= 0 else offset, size, buffer.bid,
+                    _readbuf.PAGE + start), b"")
+                if reply.errno:
+                    raise _error_reply(reply)
+                n = reply.result
+                if type(n) is not int or not 0 <= n <= size:
+                    raise ProtocolError(self._break(f"libcephfsd at {self.path} answered "
+                                                    f"WRITE_BUFFER of {size} bytes with {n!r}"))
+                done += n
+                if n < size:
+                    break
+        return done
+
     def _free_buffer(self, length: int) -> _readbuf.ReadBuffer | None:
         """A free buffer for *length* bytes, made if need be (``window_lock`` held)."""
         best = None

@@ -961,6 +961,13 @@ class LibCephFS:
             raise TypeError("offset must be an int")
         conn = self._conn
         if len(buf) >= WINDOW_MIN and conn is not None and conn.window() is not None:
+            if len(buf) >= _readbuf.MIN_READ // 2:
+                # The result of a read through a read buffer (a copy): written
+                # from where it lies, no copy here.
+                n = self._through_window(conn.write_buffered, "error in write", fd, offset,
+                                         buf)
+                if n is not None:
+                    return n
             return self._through_window(conn.write_window, "error in write", fd, offset,
                                         memoryview(buf))
         chunk = self._conn.max_data if self._conn else len(buf)

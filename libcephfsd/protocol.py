@@ -77,7 +77,8 @@ class Feature(enum.IntFlag):
     #: LISTDIR: open, read and (at the end) close a directory in one call.
     LISTDIR = 0x4
     #: Read buffers: memfds the daemon reads into and the client hands out as
-    #: the result, without a copy (BUFFER, FREE_BUFFER, READ_BUFFER).
+    #: the result, without a copy (BUFFER, FREE_BUFFER, READ_BUFFER; and
+    #: WRITE_BUFFER, which writes such a result back out without a copy).
     READ_BUFFERS = 0x8
 
 
@@ -168,6 +169,7 @@ class Op(enum.IntEnum):
     READ_WINDOW = 100
     WRITE_WINDOW = 101
     READ_BUFFER = 102
+    WRITE_BUFFER = 103
     # directories
     OPENDIR = 110
     READDIR = 111
@@ -655,6 +657,7 @@ ARGS: dict[Op, tuple[Callable[[Any], Any], ...]] = {
     Op.READ_WINDOW: (INT, INT, UINT, UINT),   # fd, offset (<0: file position), length, at
     Op.WRITE_WINDOW: (INT, INT, UINT, UINT),  # fd, offset (<0: file position), length, at
     Op.READ_BUFFER: (INT, INT, UINT, UINT, UINT),  # fd, offset (<0: position), length, id, at
+    Op.WRITE_BUFFER: (INT, INT, UINT, UINT, UINT),  # fd, offset (<0: position), length, id, at
     Op.BUFFER: (UINT,),                       # size
     Op.FREE_BUFFER: (UINT,),                  # id
     Op.PREADV: (INT, UINTS, INT),             # fd, buffer lengths, offset

@@ -900,12 +900,27 @@ class Session:
         self._buffer(bid).close()
         del self.buffers[bid]
 
-    def op_read_buffer(self, fd: int, offset: int, length: int, bid: int, at: int) -> int:
+    def _buffer_io(self, what: str, bid: int, length: int, at: int) -> ReadBuffer:
         buffer = self._buffer(bid)
         self._check_io_size(length)
         if at + length > buffer.size:
-            raise SessionError(errno.EINVAL, f"a read of {length} bytes at {at} does not fit "
-                               f"read buffer {bid} of {buffer.size} bytes")
+            raise SessionError(errno.EINVAL, f"a {what} of {length} bytes at {at} does not "
+                               f"fit read buffer {bid} of {buffer.size} bytes")
+        return buffer
+
+    def op_write_buffer(self, fd: int, offset: int, length: int, bid: int, at: int) -> int:
+        buffer = self._buffer_io("write", bid, length, at)
+        pointer = self._pointer()
+        self._fd(fd)
+        self._reserve(length)
+        with self._changing(lambda: self._fd_deps(fd)):
+            n = raw_write(pointer, fd, buffer.address + at, length, offset)
+        if n < 0:
+            raise SessionError(-n, "error in write", ErrorSource.CEPHFS)
+        return n
+
+    def op_read_buffer(self, fd: int, offset: int, length: int, bid: int, at: int) -> int:
+        buffer = self._buffer_io("read", bid, length, at)
         pointer = self._pointer()
         self._fd(fd)
         # The buffer's bytes were counted when it was made; what libcephfs may

@@ -240,6 +240,30 @@ def test_the_daemons_cap_refuses_and_the_session_frees(ceph_conf, direct_fs, wor
     assert "Traceback" not in d.log()
 
 
+def test_copying_writes_a_read_result_from_its_buffer(fs, direct_fs, workdir, monkeypatch):
+    data = os.urandom(9 * MiB + 7)
+    _write(direct_fs, f"{workdir}/src", data)
+    windowed = []
+    real = fs._conn.write_window
+    monkeypatch.setattr(fs._conn, "write_window",
+                        lambda *a: windowed.append(len(a[2])) or real(*a))
+    src = fs.open(f"{workdir}/src", "r")
+    dst = fs.open(f"{workdir}/dst", "w", 0o644)
+    for off in range(0, len(data), 4 * MiB):
+        piece = fs.read(src, off, 4 * MiB)
+        assert _buffer_of(fs, piece) is not None or len(piece) < MiB // 2
+        assert fs.write(dst, piece, off) == len(piece)
+    assert fs.write(dst, bytes(8 * MiB), len(data)) == 8 * MiB     # not a result: window
+    fs.close(src)
+    fs.close(dst)
+    assert windowed == [8 * MiB]                 # only the plain bytes went through it
+    fd = direct_fs.open(f"{workdir}/dst", "r")
+    assert hashlib.sha256(direct_fs.read(fd, 0, len(data))).digest() == \
+        hashlib.sha256(data).digest()
+    assert direct_fs.read(fd, len(data), MiB) == bytes(MiB)
+    direct_fs.close(fd)
+
+
 def test_reads_longer_than_max_data_fill_one_buffer_in_pieces(ceph_conf, direct_fs, workdir,
                                                               monkeypatch):
     import libcephfs_proxy
@@ -324,6 +348,14 @@ def test_read_buffer_bad_input(daemon, ceph_conf, workdir):
         finally:
             os.close(memfd)
         size = result["size"]
+        # WRITE_BUFFER writes the buffer's bytes, here those READ_BUFFER put there.
+        assert raw.call(Op.WRITE_BUFFER, [fd, 200, 50, bid, 7]) == 50
+        back = raw.request(Op.READ, [fd, 200, 100])
+        assert back.errno == 0 and bytes(back.data) == (b"0123456789" * 10)[10:60]
+        for op in (Op.READ_BUFFER, Op.WRITE_BUFFER):
+            assert raw.request(op, [fd, 0, 10, bid + 100, 0]).errno == errno.EINVAL
+            assert raw.request(op, [fd, 0, 11, bid, size - 10]).errno == errno.EINVAL
+            assert raw.request(op, [fd + 1000, 0, 10, bid, 0]).errno == errno.EBADF
         assert raw.request(Op.READ_BUFFER, [fd, 0, 10, bid + 100, 0]).errno == errno.EINVAL
         assert raw.request(Op.READ_BUFFER, [fd, 0, 11, bid, size - 10]).errno == errno.EINVAL
         assert raw.request(Op.READ_BUFFER, [fd + 1000, 0, 10, bid, 0]).errno == errno.EBADF
@@ -331,8 +363,9 @@ def test_read_buffer_bad_input(daemon, ceph_conf, workdir):
         assert raw.request(Op.READ_BUFFER, [fd, 0, 10, bid]).errno == errno.EINVAL
         result, memfd = _buffer(raw, 2 * protocol.DEFAULT_MAX_DATA)
         os.close(memfd)
-        assert raw.request(Op.READ_BUFFER, [fd, 0, protocol.DEFAULT_MAX_DATA + 1, result["id"],
-                                            0]).errno == errno.EINVAL      # over max_data
+        for op in (Op.READ_BUFFER, Op.WRITE_BUFFER):                    # over max_data
+            assert raw.request(op, [fd, 0, protocol.DEFAULT_MAX_DATA + 1, result["id"],
+                                    0]).errno == errno.EINVAL
         assert raw.call(Op.FREE_BUFFER, [result["id"]]) is None
         assert raw.request(Op.FREE_BUFFER, [bid + 100]).errno == errno.EINVAL
         assert raw.call(Op.FREE_BUFFER, [bid]) is None
