@@ -27,8 +27,11 @@ from ._errors import (Error, LibCephFSStateError, OperationNotSupported, Protoco
                       make_ex)
 from ._types import DirEntry, Listing, cstr, cstr_list, stat_result, statx_result
 
-#: Entries fetched per READDIR round trip.
-READDIR_BATCH = 256
+#: Entries asked for per LISTDIR or READDIR: the daemon's most (READDIR_MAX_BATCH),
+#: so a directory of a thousand entries is listed, and cached, in one round trip
+#: (256 took five round trips and was never cached: readdir of 1,000 entries,
+#: 16 clients with the cache, went from 0.26 to 3.25 times direct).
+READDIR_BATCH = 1024
 #: Reads and writes at least this large use the data window (DATA_WINDOW):
 #: below it, the socket's copies cost less than the extra round trip's share.
 WINDOW_MIN = 64 << 10
