@@ -38,6 +38,8 @@ import sys
 import threading
 from typing import cast
 
+from libcephfsd.window import map_shared, unmap
+
 PAGE = mmap.PAGESIZE
 #: The bytes object's header: ob_refcnt, ob_type, ob_size, ob_shash.
 _HEADER = 32
@@ -51,13 +53,6 @@ _GRAIN = 1 << 20
 PER_CONNECTION = 2
 #: A free buffer serves reads down to 1/SLACK of its capacity.
 SLACK = 4
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                       ctypes.c_int, ctypes.c_long]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_MAP_FAILED = ctypes.c_void_p(-1).value
 
 _lock = threading.Lock()
 _used = 0
@@ -135,10 +130,7 @@ class ReadBuffer:
         # Mapped with libc, not an mmap object: the mapping must outlive every
         # reference to the object in it, even at interpreter exit, when
         # objects are torn down in no particular order.  Only unmap() undoes it.
-        base = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
-        if base in (None, _MAP_FAILED):
-            err = ctypes.get_errno()
-            raise OSError(err, f"mapping a read buffer: {os.strerror(err)}")
+        base = map_shared(fd, size)
         self._base = base
         self._header = base + PAGE - _HEADER
         #: Where the daemon writes the data (byte PAGE of the memfd).
@@ -180,5 +172,5 @@ class ReadBuffer:
     def unmap(self) -> None:
         """Give the memory back (only while free: nobody can reach it then)."""
         self._obj = None
-        _libc.munmap(self._base, self.size)
+        unmap(self._base, self.size)
         unreserve(self.size)

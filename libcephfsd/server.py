@@ -347,6 +347,10 @@ class _Connection:
                         else:
                             transport.send(reply)
                 finally:
+                    if session.fds_to_close:     # sent (the client has its own) or not
+                        for fd in session.fds_to_close:
+                            os.close(fd)
+                        session.fds_to_close = []
                     # The request's data and the reply's are gone now.
                     request = reply = None  # type: ignore[assignment]
                     self.server.budget.release(self.reserved)

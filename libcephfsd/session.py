@@ -178,6 +178,8 @@ class Session:
         #: the cache channel, when the client was granted CLIENT_CACHE
         self.notifier: Notifier | None = None
         self.fds_to_send: list[int] = []
+        #: Descriptors to close once the reply is sent (or failed to be).
+        self.fds_to_close: list[int] = []
         #: Takes bytes from the daemon's in-flight budget for the request in
         #: hand (set by the connection; released once the reply is sent).
         self.reserve: Callable[[int], None] = lambda n: None
@@ -887,7 +889,10 @@ class Session:
         bid = self._next_buffer
         self._next_buffer += 1
         self.buffers[bid] = buffer
-        self.fds_to_send = [buffer.fd]
+        # Sent once, then closed: the mapping keeps the memfd alive, and two
+        # thousand clients must not cost the daemon eight descriptors each.
+        fd = buffer.detach_fd()
+        self.fds_to_send, self.fds_to_close = [fd], [fd]
         return {"id": bid, "size": buffer.size}
 
     def _buffer(self, bid: int) -> ReadBuffer:

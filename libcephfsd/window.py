@@ -118,6 +118,31 @@ class Window:
         self.pool._cooled(self, was_warm)
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def map_shared(fd: int, size: int) -> int:
+    """mmap(2) *size* bytes of *fd*, shared and read-write; the address.
+
+    Unlike mmap.mmap, this keeps no duplicate of *fd* (the caller may close
+    it at once) and is undone only by unmap(), never by garbage collection.
+    """
+    address = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+    if address in (None, _MAP_FAILED):
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap: {os.strerror(err)}")
+    return address
+
+
+def unmap(address: int, size: int) -> None:
+    _libc.munmap(address, size)
+
+
 class BufferPool:
     """Read buffers (READ_BUFFERS) of all sessions: their bytes, at most *cap* (thread-safe).
 
@@ -167,7 +192,7 @@ class ReadBuffer:
     """One read buffer: a memfd sealed at its size, so the client can neither
     shrink it under a read (which would fault the daemon) nor grow it."""
 
-    __slots__ = ("pool", "size", "fd", "map", "address", "_anchor")
+    __slots__ = ("pool", "size", "fd", "address")
 
     def __init__(self, pool: BufferPool, size: int):
         self.pool = pool
@@ -178,18 +203,22 @@ class ReadBuffer:
             os.ftruncate(self.fd, size)
             fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS,
                         fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
-            self.map = mmap.mmap(self.fd, size)
+            # Not mmap.mmap: it would keep a second descriptor per buffer.
+            self.address = map_shared(self.fd, size)
         except OSError:
             os.close(self.fd)
             raise
-        self._anchor = ctypes.c_char.from_buffer(self.map)
-        self.address = ctypes.addressof(self._anchor)
 
     def __repr__(self) -> str:
         return f"<ReadBuffer fd={self.fd} size={self.size}>"
 
+    def detach_fd(self) -> int:
+        """The memfd's descriptor, now the caller's to close (the mapping stays)."""
+        fd, self.fd = self.fd, -1
+        return fd
+
     def close(self) -> None:
-        del self._anchor
-        self.map.close()
-        os.close(self.fd)
+        unmap(self.address, self.size)
+        if self.fd >= 0:
+            os.close(self.fd)
         self.pool._closed(self.size)

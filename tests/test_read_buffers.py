@@ -371,12 +371,15 @@ def test_read_buffer_bad_input(daemon, ceph_conf, workdir):
         assert raw.call(Op.FREE_BUFFER, [bid]) is None
         assert raw.request(Op.READ_BUFFER, [fd, 0, 10, bid, 0]).errno == errno.EINVAL
         memfds = []
+        daemon_fds = len(os.listdir(f"/proc/{daemon.proc.pid}/fd"))
         try:
             for _ in range(8):
                 result, memfd = _buffer(raw, 4096)
                 assert memfd >= 0, result
                 memfds.append(memfd)
             assert _buffer(raw, 4096)[0].errno == errno.ENOBUFS        # 8 per session
+            # The daemon keeps the mappings, not the descriptors.
+            assert len(os.listdir(f"/proc/{daemon.proc.pid}/fd")) <= daemon_fds
         finally:
             for memfd in memfds:
                 os.close(memfd)
