@@ -53,6 +53,7 @@ class CacheStats:
     expirations: int = 0     # entries found past their deadline
     flushes: int = 0         # whole-cache drops
     uncacheable: int = 0     # answers that arrived already expired
+    shared: int = 0          # misses then answered by the mount's shared table
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

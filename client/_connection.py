@@ -27,6 +27,7 @@ from collections import deque
 from typing import Any, Callable, Hashable, Iterable
 
 from libcephfsd import protocol
+from libcephfsd import shared as _shared
 from libcephfsd.coherence import CLIENT_STATS_AT, EPOCH, PAGE_SIZE, SENT, dep_from_wire
 from libcephfsd.protocol import Event, EventKind, Feature, Op, Reply, Request, ServerHello
 from libcephfsd.transport import ConnectionClosed, SocketTransport, SpinPoll
@@ -115,6 +116,12 @@ _SPIN_PER_BYTE = 1 / 8e9
 _SPIN_STRETCH_MAX = 0.002
 
 
+def _shared_wanted() -> bool:
+    """$LIBCEPHFS_PROXY_SHARED_CACHE=0 keeps a client to its own cache."""
+    return os.environ.get("LIBCEPHFS_PROXY_SHARED_CACHE", "1").strip().lower() not in (
+        "0", "off", "no", "false")
+
+
 def _single_threaded() -> bool:
     # A polling thread keeps retaking the GIL from the process's other threads.
     return threading.active_count() == 1
@@ -158,6 +165,9 @@ class Connection:
         #: guards the read buffers.
         self.window_lock = threading.Lock()
         self._buffers: list[_readbuf.ReadBuffer] = []
+        #: The mount's shared answers (SHARED_CACHE): None until asked for
+        #: (after mount), False if refused.
+        self._shared: _shared.SharedView | None | bool = None
         #: After the daemon refused a read buffer, none is asked for until then.
         self._buffers_refused_until = 0.0
         self._applied = 0
@@ -199,6 +209,8 @@ class Connection:
         features |= Feature.LISTDIR
         if _window_wanted() and _readbuf.supported() and _readbuf.budget():
             features |= Feature.READ_BUFFERS
+        if cache_entries and _shared_wanted():
+            features |= Feature.SHARED_CACHE
         request = protocol.hello_request(1, features, {"cache_entries": cache_entries}
                                          if cache_entries else None)
         self._transport.send(request)
@@ -311,6 +323,22 @@ class Connection:
         and raised.  *also*, given the answer, names more keys it answers
         (cached with the same deps and deadline).
         """
+        shared = self._shared
+        if shared is None:
+            shared = self._open_shared()
+        if shared:
+            skey = _shared.key_of(op, args)
+            if skey is not None:
+                hit = shared.lookup(skey, time.monotonic())  # type: ignore[union-attr]
+                if hit is not None:
+                    # Another session's answer: used, not kept (this session
+                    # is told of no change to it).
+                    err, result = hit
+                    if self.cache is not None:
+                        self.cache.stats.shared += 1
+                    if err:
+                        raise _error_from(err, result)
+                    return convert(result)
         with self._lock:
             epoch = self._epoch
             invalidated: set = set()
@@ -340,6 +368,28 @@ class Connection:
             raise value
         return value
 
+    def _open_shared(self) -> _shared.SharedView | bool:
+        """Map the mount's shared table, once per mount; False if not granted."""
+        if Feature.SHARED_CACHE not in self.hello.features or self.cache is None:
+            self._shared = False
+            return False
+        fds: list[int] = []
+        with self._lock:
+            reply = self._exchange(Op.SHARED_CACHE, (), b"", fds)
+        try:
+            if reply.errno or len(fds) != 1:
+                self._shared = False
+                return False
+            if (reply.result.get("slots"), reply.result.get("slot_size")) != (
+                    _shared.SLOTS, _shared.SLOT_SIZE):
+                raise ProtocolError(self._break(f"libcephfsd at {self.path} offers a shared "
+                                                f"table of another layout: {reply.result!r}"))
+            view = self._shared = _shared.SharedView(fds[0])
+            return view
+        finally:
+            for fd in fds:
+                os.close(fd)
+
     def lookup(self, key: Hashable, count_miss: bool = True) -> Any:
         """The cached answer for *key*, or MISS.  No round trip; takes the
         connection lock only when invalidations are pending.  *count_miss*
@@ -361,6 +411,13 @@ class Connection:
     def clear_cache(self) -> None:
         if self.cache is not None:
             self.cache.clear()
+
+    def left_mount(self) -> None:
+        """The session unmounted: its cache and the mount's shared table go."""
+        self.clear_cache()
+        shared, self._shared = self._shared, None
+        if isinstance(shared, _shared.SharedView):
+            shared.close()
 
     def _catch_up(self) -> None:
         """Apply the invalidations the daemon has counted but we have not read."""
@@ -739,6 +796,9 @@ class Connection:
                 self._window_anchor = None
                 self._window_map.close()
                 self._window_map = None
+            if isinstance(self._shared, _shared.SharedView):
+                self._shared.close()
+            self._shared = False
             # The daemon frees its side with the session; here a buffer whose
             # object is still in use stays mapped until it is not.
             for buffer in self._buffers:
@@ -756,10 +816,13 @@ class Connection:
 
 
 def _error_reply(reply: Reply) -> ErrorReply:
-    result = reply.result
+    return _error_from(reply.errno, reply.result)
+
+
+def _error_from(err: int, result: Any) -> ErrorReply:
     if isinstance(result, list) and len(result) == 2:
-        return ErrorReply(reply.errno, str(result[0]), result[1] == protocol.ErrorSource.CEPHFS)
-    return ErrorReply(reply.errno, str(result), False)
+        return ErrorReply(err, str(result[0]), result[1] == protocol.ErrorSource.CEPHFS)
+    return ErrorReply(err, str(result), False)
 
 
 def daemon_status(path: str | None = None) -> dict:

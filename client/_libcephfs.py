@@ -491,7 +491,7 @@ class LibCephFS:
         self._cwd = b"/"
         self._readonly_fds.clear()
         if self._conn is not None:
-            self._conn.clear_cache()
+            self._conn.left_mount()
 
     def unmount(self) -> None:
         self.require_state("mounted")

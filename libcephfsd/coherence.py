@@ -257,6 +257,12 @@ class CacheTracker:
                 mine[dep] = deadline
             return deadline
 
+    def changed_since(self, deps: Iterable[Dep], seq0: int) -> bool:
+        """Whether an invalidation of one of *deps*, or a blind change, came
+        after *seq0* (a hint without the lock: register() is the check)."""
+        return self._blind_seq > seq0 or any(
+            self._bucket_seq[hash(d) % BUCKETS] > seq0 for d in deps)
+
     # -- changes ---------------------------------------------------------------------
 
     def blind(self) -> None:

@@ -245,6 +245,8 @@ class SharedMount:
     refs: int = 0
     #: The filesystem's cache tracker when client caches are enabled.
     tracker: Any = None
+    #: The answers its sessions share (SHARED_CACHE), made on first request.
+    shared: Any = None
     #: libcephfs's invalidation callbacks on this mount (kept alive with it).
     watch: Any = None
     #: Its ``struct ceph_mount_info *`` (callbacks, raw I/O); 0 if it cannot
@@ -264,7 +266,8 @@ class SharedMount:
     def describe(self) -> dict:
         return {"id": self.id, "entity": self.entity, "fs_name": self.fs_name,
                 "root": self.root, "uid": self.uid, "gid": self.gid, "refs": self.refs,
-                "mounted_at": self.mounted_at}
+                "mounted_at": self.mounted_at,
+                "shared_cache": self.shared.describe() if self.shared is not None else None}
 
 
 class MountRegistry:
@@ -341,6 +344,9 @@ class MountRegistry:
         self._unmount(mount)
 
     def _unmount(self, mount: SharedMount) -> None:
+        if mount.shared is not None:
+            mount.shared.close()
+            mount.shared = None
         try:
             mount.fs.unmount()
         except Exception:

@@ -80,10 +80,13 @@ class Feature(enum.IntFlag):
     #: the result, without a copy (BUFFER, FREE_BUFFER, READ_BUFFER; and
     #: WRITE_BUFFER, which writes such a result back out without a copy).
     READ_BUFFERS = 0x8
+    #: A table of answers shared by all the sessions of one mount, read by
+    #: clients in shared memory (SHARED_CACHE); needs CLIENT_CACHE.
+    SHARED_CACHE = 0x10
 
 
 SUPPORTED_FEATURES = (Feature.CLIENT_CACHE | Feature.DATA_WINDOW | Feature.LISTDIR
-                      | Feature.READ_BUFFERS)
+                      | Feature.READ_BUFFERS | Feature.SHARED_CACHE)
 
 
 class EventKind(enum.IntEnum):
@@ -108,6 +111,7 @@ class Op(enum.IntEnum):
     WINDOW = 4
     BUFFER = 5
     FREE_BUFFER = 6
+    SHARED_CACHE = 7
     # configuration and mount: the session's life cycle
     CREATE = 10
     CONF_READ_FILE = 11

@@ -22,7 +22,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from . import protocol
+from . import protocol, shared
 from .backend import raw_read, raw_write
 from .coherence import NegativeLookup, Notifier, Uncacheable, ino_and_type, walk
 from .mounts import ConfigError, MountConfig, SharedMount
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: libcephfs's initial umask, which each session starts from.
 DEFAULT_UMASK = 0o022
+#: Creation of a mount's shared table (SHARED_CACHE), once.
+_SHARED_LOCK = threading.Lock()
 #: Read buffers one connection may hold at once.
 MAX_BUFFERS = 8
 
@@ -157,6 +159,8 @@ class Session:
         self.greeted = False
         #: Features granted in the handshake.
         self.features = Feature(0)
+        #: The seq0 of the last answer registered for caching (see _share).
+        self._seq0 = 0
         #: Read buffers by id (READ_BUFFERS), and the next id to give.
         self.buffers: dict[int, ReadBuffer] = {}
         self._next_buffer = 1
@@ -247,10 +251,14 @@ class Session:
             if kind is WithData:
                 return Reply(rid, 0, result.result, result.data)
             if kind is Cacheable:
+                self._share(request, 0, result.result, result.deps, self._seq0)
                 return Reply(rid, 0, result.result, b"", _meta(result.deadline, result.deps))
             return Reply(rid, 0, result)
         except NegativeLookup as exc:
             deadline = self._register(exc.deps, exc.seq0) if exc.seq0 is not None else None
+            if deadline is not None and exc.seq0 is not None:
+                self._share(request, exc.errno, [str(exc), ErrorSource.CEPHFS], exc.deps,
+                            exc.seq0)
             return Reply(rid, exc.errno, [str(exc), ErrorSource.CEPHFS], b"",
                          _meta(deadline, exc.deps) if deadline is not None else None)
         except SessionError as exc:
@@ -281,7 +289,7 @@ class Session:
             self.fds_to_send = [self.notifier.fd_for_client()]
             cache = {"entries": entries, "ttl": coherence.ttl}
         else:
-            features &= ~Feature.CLIENT_CACHE
+            features &= ~(Feature.CLIENT_CACHE | Feature.SHARED_CACHE)
         if self.transport is None:
             features &= ~(Feature.DATA_WINDOW | Feature.READ_BUFFERS)
         if not self.server.buffers.cap:
@@ -309,7 +317,33 @@ class Session:
         tracker = self._tracker()
         if tracker is None or self.notifier is None:
             return None
+        self._seq0 = seq0           # for _share, once the handler has answered
         return tracker.register(self.notifier, deps, seq0)
+
+    def _share(self, request: Request, err: int, result: Any, deps: list, seq0: int) -> None:
+        """Also put a cacheable answer in the mount's shared table, if it has one."""
+        mount = self.mount
+        table = mount.shared if mount is not None else None
+        if table is not None:
+            key = shared.key_of(request.op, request.args)
+            if key is not None:
+                table.fill(key, err, result, deps, seq0)
+
+    def op_shared_cache(self) -> dict:
+        if Feature.SHARED_CACHE not in self.features:
+            raise SessionError(errno.EPROTO, "SHARED_CACHE needs the SHARED_CACHE feature "
+                               "(granted with CLIENT_CACHE only)")
+        self._fs()
+        mount = self.mount
+        assert mount is not None
+        if mount.tracker is None:
+            raise SessionError(errno.EOPNOTSUPP, "this mount has no cache tracker")
+        with _SHARED_LOCK:
+            if mount.shared is None:
+                mount.shared = shared.SharedTable(mount.tracker)
+        fd = mount.shared.read_only_fd()
+        self.fds_to_send, self.fds_to_close = [fd], [fd]
+        return {"slots": shared.SLOTS, "slot_size": shared.SLOT_SIZE}
 
     def _cached_walk(self, path: bytes, follow: bool, full: bool = True
                      ) -> tuple[Any, bytes, list, int]:
