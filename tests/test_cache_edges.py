@@ -355,8 +355,10 @@ def test_cachestat_reports_clients_and_daemon(long_ttl_daemon, ceph_conf, direct
     mine = next(c for c in report["clients"] if c["pid"] == os.getpid())
     assert mine["hits"] >= 299 and mine["misses"] >= 1 and mine["applied"] >= 1
     assert report["daemon"]["invalidations_sent"] >= 1
+    assert report["daemon"]["shared_tables"] >= 1 and report["daemon"]["shared_fills"] >= 1
     text = cachestat(long_ttl_daemon)
     assert "RATIO" in text and f"{os.getpid()}" in text and "invalidations sent" in text
+    assert "mount tables" in text
     lines = cachestat(long_ttl_daemon, "--json", "0.2", "2").splitlines()
     assert len(lines) == 2 and {"hits", "misses", "ratio", "sent"} <= json.loads(lines[0]).keys()
     header = cachestat(long_ttl_daemon, "0.1", "1").splitlines()[0]
