@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import errno
 import logging
+import mmap
 import os
 import re
 import stat as stat_mod
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 DEFAULT_UMASK = 0o022
 #: Creation of a mount's shared table (SHARED_CACHE), once.
 _SHARED_LOCK = threading.Lock()
+PAGE = mmap.PAGESIZE
 #: Read buffers one connection may hold at once.
 MAX_BUFFERS = 8
 
@@ -911,6 +913,13 @@ class Session:
         if len(self.buffers) >= MAX_BUFFERS:
             raise SessionError(errno.ENOBUFS, f"this connection has {MAX_BUFFERS} read "
                                f"buffers already: free one first")
+        # One connection takes at most a quarter of the cap (or two buffers of
+        # max_data), so a greedy client leaves buffers for others.
+        mine = sum(b.size for b in self.buffers.values())
+        allowed = max(self.server.buffers.cap // 4, 2 * (self.server.max_data + 2 * PAGE))
+        if mine + size > allowed:
+            raise SessionError(errno.ENOBUFS, f"this connection holds {mine} bytes of read "
+                               f"buffers; {size} more would pass its share, {allowed}")
         buffer = self.server.buffers.open(size)
         if buffer is None:
             refused = self.server.buffers.refused

@@ -370,15 +370,32 @@ def test_read_buffer_bad_input(daemon, ceph_conf, workdir):
         assert raw.request(Op.FREE_BUFFER, [bid + 100]).errno == errno.EINVAL
         assert raw.call(Op.FREE_BUFFER, [bid]) is None
         assert raw.request(Op.READ_BUFFER, [fd, 0, 10, bid, 0]).errno == errno.EINVAL
-        memfds = []
+        memfds, ids = [], []
         daemon_fds = len(os.listdir(f"/proc/{daemon.proc.pid}/fd"))
         try:
             for _ in range(8):
                 result, memfd = _buffer(raw, 4096)
                 assert memfd >= 0, result
                 memfds.append(memfd)
+                ids.append(result["id"])
             assert _buffer(raw, 4096)[0].errno == errno.ENOBUFS        # 8 per session
-            # The daemon keeps the mappings, not the descriptors.
+        finally:
+            for memfd in memfds:
+                os.close(memfd)
+            memfds.clear()
+        for small in ids:
+            assert raw.call(Op.FREE_BUFFER, [small]) is None
+        try:
+            # A quarter of the daemon's cap (32 x max_data) per session.
+            quarter = 8 * protocol.DEFAULT_MAX_DATA
+            result, memfd = _buffer(raw, quarter // 2)
+            memfds.append(memfd)
+            assert _buffer(raw, quarter // 2 + 4096)[0].errno == errno.ENOBUFS
+            result, memfd = _buffer(raw, quarter // 2)
+            memfds.append(memfd)
+            # The daemon keeps the mappings, not the descriptors (it closes
+            # one after its reply is sent: one more round trip to be sure).
+            assert raw.call(Op.PING) is None
             assert len(os.listdir(f"/proc/{daemon.proc.pid}/fd")) <= daemon_fds
         finally:
             for memfd in memfds:
