@@ -30,6 +30,32 @@ import os
 import threading
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def map_shared(fd: int, size: int) -> int:
+    """mmap(2) *size* bytes of *fd*, shared and read-write; the address.
+
+    Unlike mmap.mmap, this keeps no duplicate of *fd* (the caller may close
+    it at once) and is undone only by unmap(), never by garbage collection.
+    """
+    address = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+    if address in (None, _MAP_FAILED):
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap: {os.strerror(err)}")
+    return address
+
+
+def unmap(address: int, size: int) -> None:
+    _libc.munmap(address, size)
+
+
 class WindowPool:
     """Accounting of the windows' resident bytes across sessions (thread-safe)."""
 
@@ -74,21 +100,20 @@ class WindowPool:
 class Window:
     """One session's shared buffer."""
 
-    __slots__ = ("pool", "size", "fd", "map", "address", "_anchor", "warm")
+    __slots__ = ("pool", "size", "fd", "address", "warm")
 
     def __init__(self, pool: WindowPool, size: int):
         self.pool = pool
         self.size = size
+        #: Kept: a second WINDOW sends it again.
         self.fd = os.memfd_create("libcephfsd-window", os.MFD_CLOEXEC)
         try:
             os.ftruncate(self.fd, size)
-            self.map = mmap.mmap(self.fd, size)
+            # Not mmap.mmap, which would keep a second descriptor per session.
+            self.address = map_shared(self.fd, size)
         except OSError:
             os.close(self.fd)
             raise
-        # The buffer's address, for libcephfs; the anchor pins the export.
-        self._anchor = ctypes.c_char.from_buffer(self.map)
-        self.address = ctypes.addressof(self._anchor)
         #: Its pages are counted in the pool's resident bytes.
         self.warm = False
 
@@ -107,40 +132,16 @@ class Window:
         with its next piece."""
         start = -(-at // mmap.PAGESIZE) * mmap.PAGESIZE
         end = (at + length) // mmap.PAGESIZE * mmap.PAGESIZE
-        if end > start:
-            self.map.madvise(mmap.MADV_REMOVE, start, end - start)
+        if end > start and _libc.madvise(self.address + start, end - start,
+                                         mmap.MADV_REMOVE) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"madvise: {os.strerror(err)}")
 
     def close(self) -> None:
         was_warm, self.warm = self.warm, False
-        del self._anchor
-        self.map.close()
+        unmap(self.address, self.size)
         os.close(self.fd)
         self.pool._cooled(self, was_warm)
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                       ctypes.c_int, ctypes.c_long]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_MAP_FAILED = ctypes.c_void_p(-1).value
-
-
-def map_shared(fd: int, size: int) -> int:
-    """mmap(2) *size* bytes of *fd*, shared and read-write; the address.
-
-    Unlike mmap.mmap, this keeps no duplicate of *fd* (the caller may close
-    it at once) and is undone only by unmap(), never by garbage collection.
-    """
-    address = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
-    if address in (None, _MAP_FAILED):
-        err = ctypes.get_errno()
-        raise OSError(err, f"mmap: {os.strerror(err)}")
-    return address
-
-
-def unmap(address: int, size: int) -> None:
-    _libc.munmap(address, size)
 
 
 class BufferPool:
