@@ -326,10 +326,10 @@ class Connection:
         shared = self._shared
         if shared is None:
             shared = self._open_shared()
-        if shared:
+        if isinstance(shared, _shared.SharedView):
             skey = _shared.key_of(op, args)
             if skey is not None:
-                hit = shared.lookup(skey, time.monotonic())  # type: ignore[union-attr]
+                hit = shared.lookup(skey, time.monotonic())
                 if hit is not None:
                     # Another session's answer: used, not kept (this session
                     # is told of no change to it).
@@ -610,10 +610,7 @@ class Connection:
                 if not start:
                     raise _error_reply(reply)
                 break
-            n = reply.result
-            if type(n) is not int or not 0 <= n <= size:
-                raise ProtocolError(self._break(f"libcephfsd at {self.path} answered "
-                                                f"READ_BUFFER of {size} bytes with {n!r}"))
+            n = self._byte_count(Op.READ_BUFFER, size, reply.result)
             got += n
             if n < size:
                 break
@@ -645,26 +642,26 @@ class Connection:
                     _readbuf.PAGE + start), b"")
                 if reply.errno:
                     raise _error_reply(reply)
-                n = reply.result
-                if type(n) is not int or not 0 <= n <= size:
-                    raise ProtocolError(self._break(f"libcephfsd at {self.path} answered "
-                                                    f"WRITE_BUFFER of {size} bytes with {n!r}"))
+                n = self._byte_count(Op.WRITE_BUFFER, size, reply.result)
                 done += n
                 if n < size:
                     break
         return done
 
+    def _byte_count(self, op: Op, size: int, n: Any) -> int:
+        """A READ_BUFFER or WRITE_BUFFER reply's byte count, checked."""
+        if type(n) is not int or not 0 <= n <= size:
+            raise ProtocolError(self._break(f"libcephfsd at {self.path} answered {op.name} "
+                                            f"of {size} bytes with {n!r}"))
+        return n
+
     def _free_buffer(self, length: int) -> _readbuf.ReadBuffer | None:
         """A free buffer for *length* bytes, made if need be (``window_lock`` held)."""
-        best = None
-        for buffer in self._buffers:
-            if buffer.forked:
-                if buffer.free():
-                    self._drop_buffer(buffer)
-                    return self._free_buffer(length)
-            elif (length <= buffer.capacity <= length * _readbuf.SLACK and buffer.free()
-                  and (best is None or buffer.capacity < best.capacity)):
-                best = buffer
+        for buffer in [b for b in self._buffers if b.forked and b.free()]:
+            self._drop_buffer(buffer)
+        best = min((b for b in self._buffers
+                    if not b.forked and length <= b.capacity <= length * _readbuf.SLACK
+                    and b.free()), key=lambda b: b.capacity, default=None)
         if best is not None or self._broken is not None:
             return best
         if Feature.READ_BUFFERS not in self.hello.features:

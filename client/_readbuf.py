@@ -111,7 +111,8 @@ def orphan(buffer: ReadBuffer) -> None:
 def _sweep_orphans() -> None:
     with _lock:
         free = [b for b in _orphans if b.free()]
-        _orphans[:] = [b for b in _orphans if not b.free()]
+        for buffer in free:
+            _orphans.remove(buffer)
     for buffer in free:
         buffer.unmap()
 

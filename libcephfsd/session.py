@@ -74,12 +74,14 @@ class WithData:
 class Cacheable:
     """A handler result the client may cache: value, deadline, dependencies."""
 
-    __slots__ = ("result", "deadline", "deps")
+    __slots__ = ("result", "deadline", "deps", "seq0")
 
-    def __init__(self, result: Any, deadline: float, deps: list):
+    def __init__(self, result: Any, deadline: float, deps: list, seq0: int):
         self.result = result
         self.deadline = deadline
         self.deps = deps
+        #: The tracker's seq before the answer was read (for _share).
+        self.seq0 = seq0
 
 
 def _meta(deadline: float, deps: list) -> list:
@@ -161,8 +163,6 @@ class Session:
         self.greeted = False
         #: Features granted in the handshake.
         self.features = Feature(0)
-        #: The seq0 of the last answer registered for caching (see _share).
-        self._seq0 = 0
         #: Read buffers by id (READ_BUFFERS), and the next id to give.
         self.buffers: dict[int, ReadBuffer] = {}
         self._next_buffer = 1
@@ -253,7 +253,7 @@ class Session:
             if kind is WithData:
                 return Reply(rid, 0, result.result, result.data)
             if kind is Cacheable:
-                self._share(request, 0, result.result, result.deps, self._seq0)
+                self._share(request, 0, result.result, result.deps, result.seq0)
                 return Reply(rid, 0, result.result, b"", _meta(result.deadline, result.deps))
             return Reply(rid, 0, result)
         except NegativeLookup as exc:
@@ -319,7 +319,6 @@ class Session:
         tracker = self._tracker()
         if tracker is None or self.notifier is None:
             return None
-        self._seq0 = seq0           # for _share, once the handler has answered
         return tracker.register(self.notifier, deps, seq0)
 
     def _share(self, request: Request, err: int, result: Any, deps: list, seq0: int) -> None:
@@ -674,7 +673,7 @@ class Session:
 
     def _answer(self, result: Any, deps: list, seq0: int) -> Any:
         deadline = self._register(deps, seq0)
-        return result if deadline is None else Cacheable(result, deadline, deps)
+        return result if deadline is None else Cacheable(result, deadline, deps, seq0)
 
     def op_statx(self, path: bytes, mask: int, flag: int) -> Any:
         fs = self._fs()

@@ -115,14 +115,7 @@ class SharedTable:
                 return
             at = _slot(key)
             self._clear_locked(at)
-            m = self.map
-            seq = _HEADER.unpack_from(m, at)[0]
-            struct.pack_into("<Q", m, at, seq + 1)
-            m[at + _HEADER.size:at + _HEADER.size + len(key)] = key
-            end = at + _HEADER.size + len(key)
-            m[end:end + len(value)] = value
-            _HEADER.pack_into(m, at, seq + 1, deadline, len(key), len(value))
-            struct.pack_into("<Q", m, at, seq + 2)
+            self._write_locked(at, deadline, key + value, len(key))
             self._slot_deps[at] = deps
             for dep in deps:
                 self._dep_slots.setdefault(dep, set()).add(at)
@@ -138,12 +131,18 @@ class SharedTable:
                 slots.discard(at)
                 if not slots:
                     del self._dep_slots[dep]
+        self._write_locked(at, 0.0, b"", 0)
+        self.cleared += 1
+
+    def _write_locked(self, at: int, deadline: float, body: bytes, key_len: int) -> None:
+        """Rewrite the slot at *at* (key then value in *body*) under its seqlock:
+        odd while it changes, even again after."""
         m = self.map
         seq = _HEADER.unpack_from(m, at)[0]
         struct.pack_into("<Q", m, at, seq + 1)
-        _HEADER.pack_into(m, at, seq + 1, 0.0, 0, 0)
+        m[at + _HEADER.size:at + _HEADER.size + len(body)] = body
+        _HEADER.pack_into(m, at, seq + 1, deadline, key_len, len(body) - key_len)
         struct.pack_into("<Q", m, at, seq + 2)
-        self.cleared += 1
 
     # -- the tracker's notifier interface ------------------------------------------------
 

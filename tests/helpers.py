@@ -134,6 +134,12 @@ class RawClient:
         self.transport.send(Request(self._id, op, args or [], data))
         return self.transport.receive()
 
+    def request_with_fds(self, op: int, args: list | None = None) -> tuple[Reply | Event, list]:
+        """request(), and the descriptors that came with the answer."""
+        self._id += 1
+        self.transport.send(Request(self._id, op, args or [], b""))
+        return self.transport.receive_with_fds()
+
     def call(self, op: int, args: list | None = None, data: bytes = b"") -> Any:
         reply = self.request(op, args, data)
         assert isinstance(reply, Reply) and reply.errno == 0, reply
@@ -147,3 +153,14 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def raw_mounted(path: str, ceph_conf: str, features: int) -> RawClient:
+    """A RawClient that said HELLO with *features*, created, configured and mounted."""
+    raw = RawClient(path, hello=False)
+    raw.hello = raw.call(Op.HELLO, [protocol.MAGIC, protocol.PROTOCOL_VERSION, features])
+    raw.call(Op.CREATE, [None])
+    with open(ceph_conf, "rb") as f:
+        raw.call(Op.CONF_READ_FILE, [ceph_conf, f.read()])
+    raw.call(Op.MOUNT, [None, b"cephfs"])
+    return raw

@@ -10,7 +10,7 @@ import os
 import threading
 
 import pytest
-from helpers import Daemon, RawClient, public_dir, wait_for
+from helpers import Daemon, RawClient, public_dir, raw_mounted, wait_for
 
 from libcephfsd import protocol
 from libcephfsd.protocol import Feature, Op
@@ -296,22 +296,8 @@ def test_reads_longer_than_max_data_fill_one_buffer_in_pieces(ceph_conf, direct_
     assert "Traceback" not in d.log()
 
 
-def _raw_mounted(path: str, ceph_conf: str, features: int) -> RawClient:
-    raw = RawClient(path, hello=False)
-    raw.hello = raw.call(Op.HELLO, [protocol.MAGIC, protocol.PROTOCOL_VERSION, features])
-    raw.call(Op.CREATE, [None])
-    with open(ceph_conf, "rb") as f:
-        raw.call(Op.CONF_READ_FILE, [ceph_conf, f.read()])
-    raw.call(Op.MOUNT, [None, b"cephfs"])
-    return raw
-
-
 def _buffer(raw: RawClient, size: int) -> tuple[dict, int]:
-    raw.transport._fds = []
-    try:
-        reply = raw.request(Op.BUFFER, [size])
-    finally:
-        fds, raw.transport._fds = raw.transport._fds, None
+    reply, fds = raw.request_with_fds(Op.BUFFER, [size])
     if reply.errno:
         assert not fds
         return reply, -1
@@ -320,13 +306,13 @@ def _buffer(raw: RawClient, size: int) -> tuple[dict, int]:
 
 
 def test_read_buffer_bad_input(daemon, ceph_conf, workdir):
-    with _raw_mounted(daemon.socket_path, ceph_conf, 0) as raw:
+    with raw_mounted(daemon.socket_path, ceph_conf, 0) as raw:
         assert raw.request(Op.BUFFER, [MiB]).errno == errno.EPROTO     # not negotiated
     with RawClient(daemon.socket_path, hello=False) as raw:
         raw.call(Op.HELLO, [protocol.MAGIC, protocol.PROTOCOL_VERSION,
                             int(Feature.READ_BUFFERS)])
         assert raw.request(Op.BUFFER, [MiB]).errno != 0                 # not mounted
-    with _raw_mounted(daemon.socket_path, ceph_conf, int(Feature.READ_BUFFERS)) as raw:
+    with raw_mounted(daemon.socket_path, ceph_conf, int(Feature.READ_BUFFERS)) as raw:
         assert Feature.READ_BUFFERS in Feature(raw.hello["features"])
         fd = raw.call(Op.OPEN, [f"{workdir}/raw".encode(), os.O_CREAT | os.O_RDWR, 0o644])
         assert raw.call(Op.WRITE, [fd, 0], b"0123456789" * 10) == 100

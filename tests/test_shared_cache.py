@@ -145,9 +145,9 @@ def test_shared_cache_bad_input(cached_daemon, daemon, ceph_conf):
         with open(ceph_conf, "rb") as f:
             raw.call(Op.CONF_READ_FILE, [ceph_conf, f.read()])
         raw.call(Op.MOUNT, [None, b"cephfs"])
-        raw.transport._fds = []
-        result = raw.call(Op.SHARED_CACHE)
-        fds, raw.transport._fds = raw.transport._fds, None
+        reply, fds = raw.request_with_fds(Op.SHARED_CACHE)
+        assert reply.errno == 0, reply
+        result = reply.result
         assert result == {"slots": shared.SLOTS, "slot_size": shared.SLOT_SIZE}
         assert len(fds) == 1
         try:

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from helpers import Daemon, RawClient, public_dir
+from helpers import Daemon, public_dir, raw_mounted
 from libcephfsd import protocol
 from libcephfsd.protocol import Feature, Op
 
@@ -79,26 +79,17 @@ def test_inline_when_the_client_opts_out(connect, workdir, monkeypatch):
     assert fs._conn.window() is None
 
 
-def _raw_mounted(path: str, ceph_conf: str, features: int) -> RawClient:
-    raw = RawClient(path, hello=False)
-    raw.hello = raw.call(Op.HELLO, [protocol.MAGIC, protocol.PROTOCOL_VERSION, features])
-    raw.call(Op.CREATE, [None])
-    with open(ceph_conf, "rb") as f:
-        raw.call(Op.CONF_READ_FILE, [ceph_conf, f.read()])
-    raw.call(Op.MOUNT, [None, b"cephfs"])
-    return raw
-
 
 def test_window_bad_input(daemon, ceph_conf, workdir):
-    with _raw_mounted(daemon.socket_path, ceph_conf, 0) as raw:
+    with raw_mounted(daemon.socket_path, ceph_conf, 0) as raw:
         assert raw.request(Op.WINDOW).errno == errno.EPROTO     # not negotiated
-    with _raw_mounted(daemon.socket_path, ceph_conf, int(Feature.DATA_WINDOW)) as raw:
+    with raw_mounted(daemon.socket_path, ceph_conf, int(Feature.DATA_WINDOW)) as raw:
         assert Feature.DATA_WINDOW in Feature(raw.hello["features"])
         fd = raw.call(Op.OPEN, [f"{workdir}/raw".encode(), os.O_CREAT | os.O_RDWR, 0o644])
         assert raw.request(Op.READ_WINDOW, [fd, 0, 4096, 0]).errno == errno.EPROTO  # no WINDOW
-        raw.transport._fds = []
-        size = raw.call(Op.WINDOW)["size"]
-        fds, raw.transport._fds = raw.transport._fds, None
+        reply, fds = raw.request_with_fds(Op.WINDOW)
+        assert reply.errno == 0, reply
+        size = reply.result["size"]
         assert len(fds) == 1 and size == protocol.DEFAULT_MAX_DATA
         for f in fds:
             os.close(f)
