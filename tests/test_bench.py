@@ -68,3 +68,18 @@ def test_mix(ceph_conf: str, direct_fs) -> None:
         # Stat-like ops dominate, as in a build (weights 35+20+10+8 of 100).
         stat_like = sum(kinds[k]["ops"] for k in ("stat", "lstat", "statx", "stat-missing"))
         assert stat_like > cell["ops"] / 2
+
+
+def test_repeat(ceph_conf: str, direct_fs) -> None:
+    result = run_bench("micro", "--only", "stat", "--clients", "1", "--duration", "0.3",
+                       "--variants", "direct,cache", "--repeat", "3")
+    assert result["repeat"] == 3
+    (row,) = result["results"]
+    direct, cache = row["variants"]["direct"], row["variants"]["cache"]
+    for cell in (direct, cache):
+        assert len(cell["repeats"]) == 3 and min(cell["repeats"]) > 0
+        # The cell is the median run.
+        assert cell["ops_per_s"] == sorted(cell["repeats"])[1]
+    ratios = sorted(c / d for c, d in zip(cache["repeats"], direct["repeats"]))
+    assert cache["ratio_to_direct"] == pytest.approx(ratios[1], abs=0.002)
+    assert cache["ratio_range"] == pytest.approx([ratios[0], ratios[2]], abs=0.002)
