@@ -47,6 +47,7 @@ from collections import deque
 from typing import Any, Hashable, Iterable
 
 from .protocol import Event, EventKind, encode
+from .transport import send_nowait
 
 log = logging.getLogger(__name__)
 
@@ -105,16 +106,16 @@ class Notifier:
         try:
             if self.closed:      # the session ended meanwhile: nobody left to tell
                 return True
+            blob = b"".join(frame)
             try:
-                sent = self.sock.sendmsg(frame, [], socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                self._give_up("its socket is full")
-                return False
+                sent = send_nowait(self.sock, blob)
             except OSError:
                 self._give_up("its socket is gone")
                 return False
-            total = sum(len(b) for b in frame)
-            if sent < total and not self._finish(frame, sent, total):
+            if sent == 0:
+                self._give_up("its socket is full")
+                return False
+            if sent < len(blob) and not self._finish(frame, sent, len(blob)):
                 return False
             self.page[SENT] += 1
         finally:
