@@ -5,7 +5,8 @@ that reads a request, calls libcephfs itself and writes the reply.  No hand-off
 on the request path (every thread hop costs tens of microseconds here), and a
 slow call (an MDS round trip, a big write) blocks only its own client, since
 the binding releases the GIL inside libcephfs.  Requests of one connection
-are answered in order.
+are answered in order.  Connection threads share one CPU (placement.py):
+handing the GIL between them is then cheap.
 
 Shutdown (SIGTERM/SIGINT): close the listening socket, shut down the reading
 side of every connection so each thread finishes the call it is in, answers
@@ -31,6 +32,7 @@ from .backend import CephBackend
 from .coherence import Coherence
 from .mounts import MountRegistry
 from .peer import peer_of
+from .placement import Placement
 from .protocol import (DEFAULT_MAX_DATA, HANDSHAKE_MAX_DATA, ErrorSource, Event, EventKind,
                        FrameError, Reply, Request, RequestError)
 from .session import Session
@@ -99,7 +101,7 @@ class Server:
                  shutdown_timeout: float = 30.0, backend: CephBackend | None = None,
                  coherence: Coherence | None = None, max_inflight: int | None = None,
                  spin_us: float = 0.0, housekeeping: Callable[[], None] | None = None,
-                 max_read_buffers: int | None = None):
+                 max_read_buffers: int | None = None, placement: Placement | None = None):
         self.socket_path = socket_path
         self.socket_mode = socket_mode
         self.max_data = max_data
@@ -118,6 +120,8 @@ class Server:
         #: Run by the accept loop every HOUSEKEEPING_INTERVAL seconds.
         self.housekeeping = housekeeping
         self._spin_gate = threading.Lock()
+        #: Where connection threads run (default: anywhere).
+        self.placement = placement or Placement(None)
         #: The connection that received a request last, and when.
         self.last_request: tuple[_Connection | None, float] = (None, 0.0)
         self.private_dir = private_dir
@@ -275,6 +279,7 @@ class Server:
             "inflight_bytes": self.budget.describe(),
             "windows": self.windows.describe(),
             "read_buffers": self.buffers.describe(),
+            "placement": self.placement.describe(),
             "cache": None if self.coherence is None else {
                 "ttl": self.coherence.ttl, "max_entries": self.coherence.max_entries,
                 "filesystems": [t.stats() for t in self.coherence.trackers()],
@@ -324,6 +329,8 @@ class _Connection:
 
     def _run(self) -> None:
         session, transport = self.session, self.transport
+        session.thread_id = threading.get_native_id()
+        self.server.placement.python_thread()
         log.debug("%r connected", session)
         reason = "closed by client"
         try:

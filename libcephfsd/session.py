@@ -32,6 +32,7 @@ from .protocol import (DATA_CEILING, ErrorSource, Feature, Op, Reply, Request, R
                        ServerHello)
 
 if TYPE_CHECKING:
+    from .placement import Placement
     from .server import Server
     from .transport import SocketTransport
     from .window import ReadBuffer, Window
@@ -192,6 +193,8 @@ class Session:
         self.dirs: dict[int, Any] = {}
         self._next_dir = 1
         self.calls = 0
+        #: The OS thread id of the connection's thread (for top -H, py-spy, perf).
+        self.thread_id: int | None = None
 
     def __repr__(self) -> str:
         return (f"<Session #{self.id} {self.peer} {self.state} files={len(self.files)} "
@@ -213,7 +216,7 @@ class Session:
                 "state": self.state, "mount": mount.id if mount else None,
                 "cwd": self.cwd.decode(errors="replace"), "open_files": len(self.files),
                 "open_dirs": len(self.dirs), "calls": self.calls,
-                "connected_at": self.connected_at,
+                "connected_at": self.connected_at, "thread": self.thread_id,
                 "cache": self._cache_stats()}
 
     def _cache_stats(self) -> dict | None:
@@ -246,7 +249,7 @@ class Session:
             if op in _TAKES_DATA:
                 result = handler(self, request.data, *args)
             elif op in _ELSEWHERE:
-                result = _in_own_thread(handler, self, *args)
+                result = _in_own_thread(self.server.placement, handler, self, *args)
             else:
                 result = handler(self, *args)
             kind = type(result)
@@ -1255,11 +1258,16 @@ _ELSEWHERE = frozenset({Op.CREATE, Op.CONF_READ_FILE, Op.CONF_SET, Op.CONF_GET,
                         Op.CONF_PARSE_ARGV, Op.INIT, Op.MOUNT, Op.UNMOUNT, Op.ABORT_CONN})
 
 
-def _in_own_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    """fn(*args) in a new thread, this one waiting: its result or its exception."""
+def _in_own_thread(placement: Placement, fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args) in a new thread, this one waiting: its result or its exception.
+
+    The thread may use every CPU the daemon may: threads libcephfs creates
+    in it (a mount's messengers) inherit that.
+    """
     outcome: list = []
 
     def run() -> None:
+        placement.free_thread()
         try:
             outcome.append((True, fn(*args)))
         except BaseException as exc:  # handed to the waiting thread, raised there

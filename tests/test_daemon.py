@@ -46,7 +46,7 @@ def test_help_explains_the_options():
                          text=True, check=True, cwd=REPO).stdout
     for option in ("--socket", "--socket-mode", "--log-level", "--max-io-size",
                    "--shutdown-timeout", "--max-inflight-bytes", "--enable-client-cache",
-                   "--cache-ttl", "LIBCEPHFSD_SOCKET", "/run/libcephfsd.sock"):
+                   "--cache-ttl", "--python-cpu", "LIBCEPHFSD_SOCKET", "/run/libcephfsd.sock"):
         assert option in out
 
 
@@ -273,3 +273,49 @@ def test_sigusr1_dumps_every_thread_stack(own_daemon):
     d.proc.send_signal(signal.SIGUSR1)
     wait_for(lambda: "serve_forever" in d.log(), what="a stack dump in the log")
     assert d.alive() and "most recent call first" in d.log()
+
+
+def _threads(pid: int) -> list[tuple[int, str]]:
+    """(tid, name) of a process's threads; those that end meanwhile are left out."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found.append((int(task.name), (task / "comm").read_text().strip()))
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def _affinity(pid: int, tid: int) -> set[int]:
+    return os.sched_getaffinity(tid) if os.path.exists(f"/proc/{pid}/task/{tid}") else set()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2,
+                    reason="pinning is only visible with two CPUs or more")
+@pytest.mark.parametrize("choice", ["0", "any"])
+def test_connection_threads_share_one_cpu_and_libcephfs_threads_keep_all(own_daemon,
+                                                                           ceph_conf, choice):
+    d = own_daemon("--python-cpu", choice)
+    fs = mount(ceph_conf)
+    fs.stat("/")
+    status = d.status()
+    allowed = set(status["placement"]["allowed"])
+    assert allowed == os.sched_getaffinity(d.proc.pid)
+    pinned = None if choice == "any" else int(choice)
+    assert status["placement"]["python_cpu"] == pinned
+    (session,) = [s for s in status["sessions"] if s["state"] == "mounted"]
+    assert _affinity(d.proc.pid, session["thread"]) == ({pinned} if pinned is not None
+                                                         else allowed)
+    # The mount's messenger threads were made by a configuration thread,
+    # released before it called libcephfs.
+    messengers = [tid for tid, comm in _threads(d.proc.pid) if comm.startswith("msgr-worker")]
+    assert messengers
+    for tid in messengers:
+        assert _affinity(d.proc.pid, tid) == allowed
+    fs.shutdown()
+
+
+def test_python_cpu_must_be_usable():
+    proc = subprocess.run([sys.executable, "-m", "libcephfsd", "--python-cpu", "4096"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and "not one this process may use" in proc.stderr
