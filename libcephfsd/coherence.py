@@ -446,7 +446,7 @@ def ino_and_type(fs: Any, path: bytes) -> tuple[int, int]:
 
 
 def walk(fs: Any, path: bytes, follow: bool, full: bool = True,
-         max_links: int = 40) -> tuple[Any, bytes, list[Dep]]:
+         max_links: int = 40, root_ino: int | None = None) -> tuple[Any, bytes, list[Dep]]:
     """Resolve absolute *path* one component at a time, as libcephfs would.
 
     Returns (lstat of the final object if *full*, else None; its canonical
@@ -455,8 +455,12 @@ def walk(fs: Any, path: bytes, follow: bool, full: bool = True,
     and the final inode.  Each step is checked with the mount's credentials,
     so errors (EACCES, ENOTDIR, ELOOP) are those libcephfs gives; ENOENT
     becomes NegativeLookup with the deps that a later creation invalidates.
+    *root_ino*: the mount root's inode, if known (it never changes while
+    mounted).  Every call into libcephfs costs the daemon a GIL hand-off:
+    the last step's lstat is the answer itself when it is wanted.
     """
-    root_ino, _ = ino_and_type(fs, b"/")
+    if root_ino is None:
+        root_ino, _ = ino_and_type(fs, b"/")
     cur_path, cur_ino, cur_kind = b"/", root_ino, _S_IFDIR
     deps: list[Dep] = [cur_ino]
     pending = [c for c in reversed(path.split(b"/")) if c]
@@ -479,13 +483,18 @@ def walk(fs: Any, path: bytes, follow: bool, full: bool = True,
         child = (cur_path if cur_path != b"/" else b"") + b"/" + part
         deps.append((cur_ino, part))
         try:
-            ino, kind = ino_and_type(fs, child)
+            if full and not pending:
+                final = fs.stat(child, follow_symlink=False)
+                ino, kind = final.st_ino, final.st_mode & _S_IFMT
+            else:
+                ino, kind = ino_and_type(fs, child)
         except Exception as exc:
             if getattr(exc, "errno", None) == errno.ENOENT:
                 raise NegativeLookup(errno.ENOENT, str(exc), deps) from None
             raise
         deps.append(ino)
         if kind == _S_IFLNK and (pending or follow):
+            final = None
             links += 1
             if links > max_links:
                 raise OSError(errno.ELOOP, "too many levels of symbolic links")
@@ -495,7 +504,8 @@ def walk(fs: Any, path: bytes, follow: bool, full: bool = True,
             pending.extend(c for c in reversed(target.split(b"/")) if c)
             continue
         cur_path, cur_ino, cur_kind = child, ino, kind
-    if full:
+    if full and final is None:
+        # Ended on "/", "." or "..", or a symlink's target ended so: stat it.
         final = fs.stat(cur_path, follow_symlink=False)
         if final.st_ino != cur_ino:  # replaced between the walk and now: refuse to cache
             raise Uncacheable()

@@ -247,6 +247,8 @@ class SharedMount:
     tracker: Any = None
     #: The answers its sessions share (SHARED_CACHE), made on first request.
     shared: Any = None
+    #: Inode of its root, found on first need (it never changes while mounted).
+    root_ino: int | None = None
     #: libcephfs's invalidation callbacks on this mount (kept alive with it).
     watch: Any = None
     #: Its ``struct ceph_mount_info *`` (callbacks, raw I/O); 0 if it cannot

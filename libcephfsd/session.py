@@ -355,7 +355,8 @@ class Session:
         tracker = self._tracker()
         seq0 = tracker.begin()
         try:
-            st, canonical, deps = walk(self._fs(), path, follow, full)
+            st, canonical, deps = walk(self._fs(), path, follow, full,
+                                       root_ino=self._root_ino())
         except NegativeLookup as exc:
             exc.seq0 = seq0
             raise
@@ -455,6 +456,15 @@ class Session:
         return [ino]
 
     # -- helpers --------------------------------------------------------------
+
+    def _root_ino(self) -> int:
+        """The inode of the mount's root (looked up once per mount)."""
+        mount = self.mount
+        if mount is None:
+            raise SessionError(errno.ENOTCONN, f"not mounted (session is {self.state})")
+        if mount.root_ino is None:
+            mount.root_ino = ino_and_type(mount.fs, b"/")[0]
+        return mount.root_ino
 
     def _fs(self) -> Any:
         mount = self.mount
@@ -636,7 +646,7 @@ class Session:
         # ``cwd + '/' + rel`` names what the real cwd would, and getcwd()
         # answers what libcephfs would.
         try:
-            _, target, _ = walk(fs, p, follow=True, full=False)
+            _, target, _ = walk(fs, p, follow=True, full=False, root_ino=self._root_ino())
         except NegativeLookup as exc:
             raise SessionError(exc.errno, f"chdir: {p.decode(errors='replace')}: "
                                "no such file or directory", ErrorSource.CEPHFS) from None
@@ -1110,7 +1120,7 @@ class Session:
         if seq0 is None:
             return result
         try:
-            _, _, deps = walk(fs, p, True, full=False)
+            _, _, deps = walk(fs, p, True, full=False, root_ino=self._root_ino())
         except Exception:  # noqa: BLE001 - the listing stands; only its caching is off
             return result
         if deps[-1] not in [e[0] for e in entries if e[4] == b"."]:
