@@ -34,7 +34,7 @@ from libcephfsd.transport import ConnectionClosed, SocketTransport, SpinPoll
 
 from . import _readbuf
 from ._errors import DaemonUnavailable, ProtocolError
-from ._types import cache_weight
+from ._types import FileData, cache_weight
 from .cache import MISS, MetadataCache
 
 DEFAULT_SOCKET = "/run/libcephfsd.sock"
@@ -114,6 +114,17 @@ def _window_wanted() -> bool:
 #: (a copy at 8 GB/s, slower than measured here), at most _SPIN_STRETCH_MAX s.
 _SPIN_PER_BYTE = 1 / 8e9
 _SPIN_STRETCH_MAX = 0.002
+
+
+def open_readahead() -> int:
+    """Bytes of a small file's content a read-only open brings with it (the
+    daemon caps it at 64 KiB): $LIBCEPHFS_PROXY_OPEN_READAHEAD, default
+    65536; 0 turns OPEN_READ off."""
+    try:
+        value = int(os.environ.get("LIBCEPHFS_PROXY_OPEN_READAHEAD", str(protocol.OPEN_READ_MAX)))
+    except ValueError:
+        value = protocol.OPEN_READ_MAX
+    return max(0, min(value, protocol.OPEN_READ_MAX))
 
 
 def _shared_wanted() -> bool:
@@ -211,6 +222,8 @@ class Connection:
             features |= Feature.READ_BUFFERS
         if cache_entries and _shared_wanted():
             features |= Feature.SHARED_CACHE
+        if cache_entries and open_readahead():
+            features |= Feature.OPEN_READ
         request = protocol.hello_request(1, features, {"cache_entries": cache_entries}
                                          if cache_entries else None)
         self._transport.send(request)
@@ -245,6 +258,11 @@ class Connection:
     @property
     def max_data(self) -> int:
         return self.hello.max_data
+
+    @property
+    def open_read_granted(self) -> bool:
+        """Whether read-only opens go as OPEN_READ (granted with the cache)."""
+        return Feature.OPEN_READ in self.hello.features and self.cache is not None
 
     @property
     def listdir(self) -> bool:
@@ -340,33 +358,67 @@ class Connection:
                         raise _error_from(err, result)
                     return convert(result)
         with self._lock:
-            epoch = self._epoch
-            invalidated: set = set()
-            self._invalidated_in_call = invalidated
-            try:
-                reply = self._exchange(op, args, b"")
-            finally:
-                self._invalidated_in_call = None
+            reply, epoch, invalidated = self._exchange_noting(op, args)
             value = _error_reply(reply) if reply.errno else convert(reply.result)
-            meta = reply.meta
-            cache = self.cache
-            if (meta is not None and cache is not None and epoch == self._epoch
-                    and isinstance(meta, list) and len(meta) == 2):
-                try:
-                    deps = [dep_from_wire(d) for d in meta[1]]
-                    deadline = float(meta[0])
-                except (TypeError, ValueError) as exc:
-                    raise ProtocolError(self._break(f"bad cache metadata: {exc}")) from exc
-                # An invalidation that overtook the answer: the answer may
-                # predate the change, so it is returned but not kept.
-                if not invalidated.intersection(deps):
-                    cache.put(key, value, deadline, deps)
-                    if also is not None:
-                        for other in also(value):
-                            cache.put(other, value, deadline, deps)
+            keys = [key] if also is None else [key, *also(value)]
+            self._keep(reply.meta, epoch, invalidated, [(k, value) for k in keys])
         if isinstance(value, ErrorReply):
             raise value
         return value
+
+    def open_read(self, path: bytes, flags: int, mode: int,
+                  convert_stat: Callable[[Any], Any]) -> int:
+        """OPEN_READ: open to read only; cache the file's fstat (key ``(3,
+        fd)``) and a small file's content (key ``(9, fd)``, a FileData) when
+        the daemon allows.  Returns the fd; raises ErrorReply as call() does."""
+        with self._lock:
+            reply, epoch, invalidated = self._exchange_noting(
+                Op.OPEN_READ, (path, flags, mode, open_readahead()))
+            if reply.errno:
+                raise _error_reply(reply)
+            result = reply.result
+            if not (isinstance(result, list) and len(result) == 3 and type(result[0]) is int
+                    and type(result[2]) is bool):
+                raise ProtocolError(self._break(f"malformed OPEN_READ answer: {result!r}"))
+            fd, st, whole = result
+            if st is not None:
+                try:
+                    entries = [((3, fd), convert_stat(st))]
+                except (TypeError, ValueError, IndexError) as exc:
+                    raise ProtocolError(self._break(f"malformed OPEN_READ stat: {exc}")) from exc
+                if whole:
+                    entries.append(((9, fd), FileData(bytes(reply.data))))
+                self._keep(reply.meta, epoch, invalidated, entries)
+        return fd
+
+    def _exchange_noting(self, op: Op, args: list | tuple) -> tuple[Reply, int, set]:
+        """_exchange() of a cacheable op: (reply, the epoch before it, the deps
+        invalidated while waiting for it).  Call with the lock held."""
+        epoch = self._epoch
+        invalidated: set = set()
+        self._invalidated_in_call = invalidated
+        try:
+            return self._exchange(op, args, b""), epoch, invalidated
+        finally:
+            self._invalidated_in_call = None
+
+    def _keep(self, meta: Any, epoch: int, invalidated: set,
+              entries: list[tuple[Hashable, Any]]) -> None:
+        """Cache *entries* (key, value) of one answer if its *meta* allows."""
+        cache = self.cache
+        if (meta is None or cache is None or epoch != self._epoch
+                or not isinstance(meta, list) or len(meta) != 2):
+            return
+        try:
+            deps = [dep_from_wire(d) for d in meta[1]]
+            deadline = float(meta[0])
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(self._break(f"bad cache metadata: {exc}")) from exc
+        # An invalidation that overtook the answer: the answer may predate
+        # the change, so it is returned but not kept.
+        if not invalidated.intersection(deps):
+            for key, value in entries:
+                cache.put(key, value, deadline, deps)
 
     def _open_shared(self) -> _shared.SharedView | bool:
         """Map the mount's shared table, once per mount; False if not granted."""

@@ -25,7 +25,7 @@ from ._connection import Connection, ErrorReply, cache_settings
 from .cache import MISS
 from ._errors import (Error, LibCephFSStateError, OperationNotSupported, ProtocolError,
                       make_ex)
-from ._types import DirEntry, Listing, cstr, cstr_list, stat_result, statx_result
+from ._types import DirEntry, FileData, Listing, cstr, cstr_list, stat_result, statx_result
 
 #: Entries asked for per LISTDIR or READDIR: the daemon's most (READDIR_MAX_BATCH),
 #: so a directory of a thousand entries is listed, and cached, in one round trip
@@ -893,10 +893,20 @@ class LibCephFS:
         if not isinstance(mode, int):
             raise TypeError("mode must be an int")
         flags = _open_flags(flags)
-        fd = self._call(Op.OPEN, (path, flags, mode),
-                        lambda: "error in open {}".format(path.decode("utf-8")))[0]
-        if flags & (os.O_ACCMODE | os.O_CREAT | os.O_TRUNC) == os.O_RDONLY:
-            self._readonly_fds.add(fd)
+        err = lambda: "error in open {}".format(path.decode("utf-8"))  # noqa: E731
+        if flags & (os.O_ACCMODE | os.O_CREAT | os.O_TRUNC) != os.O_RDONLY:
+            return self._call(Op.OPEN, (path, flags, mode), err)[0]
+        conn = self._live_conn()
+        if conn.open_read_granted:
+            # The fstat and a small file's content come with the open, for
+            # the cache: open, read and close of such a file is one round trip.
+            try:
+                fd = conn.open_read(path, flags, mode, stat_result)
+            except ErrorReply as exc:
+                raise self._error(exc, err) from None
+        else:
+            fd = self._call(Op.OPEN, (path, flags, mode), err)[0]
+        self._readonly_fds.add(fd)
         return fd
 
     def close(self, fd: Any) -> None:
@@ -906,6 +916,7 @@ class LibCephFS:
         conn = self._conn
         if conn is not None:
             conn.forget((3, fd))    # the number may name another file next
+            conn.forget((9, fd))
             if fd in self._readonly_fds:
                 # Closing what was only read cannot fail or change anything
                 # another call could see: no need to wait for it.
@@ -928,6 +939,10 @@ class LibCephFS:
         if l < 0:
             raise ValueError("Negative size passed to PyBytes_FromStringAndSize")
         conn = self._conn
+        if offset >= 0 and fd in self._readonly_fds and conn is not None:
+            content = conn.lookup((9, fd), count_miss=False)
+            if type(content) is FileData:
+                return content.data[offset:offset + l]
         if l >= WINDOW_MIN and conn is not None and conn.window() is not None:
             if l >= _readbuf.MIN_READ:
                 # libcephfs reads into a read buffer, which is the bytes

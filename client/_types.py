@@ -84,7 +84,19 @@ class Listing(NamedTuple):
     eof: bool
 
 
+class FileData(NamedTuple):
+    """A small file's whole content, as OPEN_READ answered it."""
+
+    data: bytes
+
+
 def cache_weight(value: Any) -> int:
     """What a cached answer counts against the cache's entry bound: 1, and
-    for a directory listing 1 more per 16 entries."""
-    return 1 + len(value.entries) // 16 if type(value) is Listing else 1
+    for a directory listing 1 more per 16 entries, for a file's content 1
+    more per 4 KiB."""
+    kind = type(value)
+    if kind is Listing:
+        return 1 + len(value.entries) // 16
+    if kind is FileData:
+        return 1 + len(value.data) // 4096
+    return 1

@@ -57,6 +57,8 @@ AT_STATX_FORCE_SYNC = 0x2000
 MAX_XATTR = 64 << 10
 #: Largest number of entries one READDIR may ask for.
 READDIR_MAX_BATCH = 1024
+#: Largest file whose content OPEN_READ sends with the open.
+OPEN_READ_MAX = 64 << 10
 
 
 class MsgType(enum.IntEnum):
@@ -83,10 +85,13 @@ class Feature(enum.IntFlag):
     #: A table of answers shared by all the sessions of one mount, read by
     #: clients in shared memory (SHARED_CACHE); needs CLIENT_CACHE.
     SHARED_CACHE = 0x10
+    #: OPEN_READ: a read-only open that also answers the file's fstat and, for
+    #: a small file, its content, for the client to cache; needs CLIENT_CACHE.
+    OPEN_READ = 0x20
 
 
 SUPPORTED_FEATURES = (Feature.CLIENT_CACHE | Feature.DATA_WINDOW | Feature.LISTDIR
-                      | Feature.READ_BUFFERS | Feature.SHARED_CACHE)
+                      | Feature.READ_BUFFERS | Feature.SHARED_CACHE | Feature.OPEN_READ)
 
 
 class EventKind(enum.IntEnum):
@@ -174,6 +179,7 @@ class Op(enum.IntEnum):
     WRITE_WINDOW = 101
     READ_BUFFER = 102
     WRITE_BUFFER = 103
+    OPEN_READ = 104
     # directories
     OPENDIR = 110
     READDIR = 111
@@ -662,6 +668,7 @@ ARGS: dict[Op, tuple[Callable[[Any], Any], ...]] = {
     Op.WRITE_WINDOW: (INT, INT, UINT, UINT),  # fd, offset (<0: file position), length, at
     Op.READ_BUFFER: (INT, INT, UINT, UINT, UINT),  # fd, offset (<0: position), length, id, at
     Op.WRITE_BUFFER: (INT, INT, UINT, UINT, UINT),  # fd, offset (<0: position), length, id, at
+    Op.OPEN_READ: (PATH, INT, INT, UINT),     # path, flags (read-only), mode, readahead
     Op.BUFFER: (UINT,),                       # size
     Op.FREE_BUFFER: (UINT,),                  # id
     Op.PREADV: (INT, UINTS, INT),             # fd, buffer lengths, offset

@@ -28,8 +28,8 @@ from .backend import raw_read, raw_write
 from .coherence import NegativeLookup, Notifier, Uncacheable, ino_and_type, walk
 from .mounts import ConfigError, MountConfig, SharedMount
 from .peer import Peer
-from .protocol import (DATA_CEILING, ErrorSource, Feature, Op, Reply, Request, RequestError,
-                       ServerHello)
+from .protocol import (DATA_CEILING, OPEN_READ_MAX, ErrorSource, Feature, Op, Reply, Request,
+                       RequestError, ServerHello)
 
 if TYPE_CHECKING:
     from .placement import Placement
@@ -73,16 +73,19 @@ class WithData:
 
 
 class Cacheable:
-    """A handler result the client may cache: value, deadline, dependencies."""
+    """A handler result the client may cache: value, deadline, dependencies,
+    and the reply's data section, if any (part of the answer)."""
 
-    __slots__ = ("result", "deadline", "deps", "seq0")
+    __slots__ = ("result", "deadline", "deps", "seq0", "data")
 
-    def __init__(self, result: Any, deadline: float, deps: list, seq0: int):
+    def __init__(self, result: Any, deadline: float, deps: list, seq0: int,
+                 data: bytes = b""):
         self.result = result
         self.deadline = deadline
         self.deps = deps
         #: The tracker's seq before the answer was read (for _share).
         self.seq0 = seq0
+        self.data = data
 
 
 def _meta(deadline: float, deps: list) -> list:
@@ -257,7 +260,8 @@ class Session:
                 return Reply(rid, 0, result.result, result.data)
             if kind is Cacheable:
                 self._share(request, 0, result.result, result.deps, result.seq0)
-                return Reply(rid, 0, result.result, b"", _meta(result.deadline, result.deps))
+                return Reply(rid, 0, result.result, result.data,
+                             _meta(result.deadline, result.deps))
             return Reply(rid, 0, result)
         except NegativeLookup as exc:
             deadline = self._register(exc.deps, exc.seq0) if exc.seq0 is not None else None
@@ -294,7 +298,7 @@ class Session:
             self.fds_to_send = [self.notifier.fd_for_client()]
             cache = {"entries": entries, "ttl": coherence.ttl}
         else:
-            features &= ~(Feature.CLIENT_CACHE | Feature.SHARED_CACHE)
+            features &= ~(Feature.CLIENT_CACHE | Feature.SHARED_CACHE | Feature.OPEN_READ)
         if self.transport is None:
             features &= ~(Feature.DATA_WINDOW | Feature.READ_BUFFERS)
         if not self.server.buffers.cap:
@@ -830,6 +834,42 @@ class Session:
             fd = self._fs().open(p, flags, mode)
         self.files[fd] = None
         return fd
+
+    def op_open_read(self, path: bytes, flags: int, mode: int, readahead: int) -> Any:
+        """OPEN of a file to read only, answering its fstat and, if it is a
+        regular file of at most *readahead* bytes (capped), its whole
+        content, both cacheable with the inode as their dep: ``[fd, stat,
+        whole]`` and the content as data, ``whole`` true when it came.
+        Without the right to cache, only ``[fd, nil, false]``: content that
+        no invalidation covers is worth nothing to the client."""
+        if Feature.OPEN_READ not in self.features:
+            raise SessionError(errno.EPROTO, "OPEN_READ needs the OPEN_READ feature",
+                               ErrorSource.DAEMON)
+        if flags & (os.O_ACCMODE | os.O_CREAT | os.O_TRUNC) != os.O_RDONLY:
+            raise RequestError("OPEN_READ opens read-only, without O_CREAT or O_TRUNC")
+        fs = self._fs()
+        tracker = self._caching()
+        seq0 = tracker.begin() if tracker is not None else 0
+        fd = fs.open(self._path(path), flags, mode)
+        self.files[fd] = None
+        try:
+            st = fs.fstat(fd)
+            self.files[fd] = st.st_ino
+            data, whole = b"", False
+            if stat_mod.S_ISREG(st.st_mode) and st.st_size <= min(readahead, OPEN_READ_MAX):
+                want = st.st_size + 1       # one more: the end must be seen
+                self._reserve(want)
+                data = fs.read(fd, 0, want)
+                whole = len(data) < want
+                if not whole:               # it grew meanwhile: not worth sending
+                    data = b""
+        except Exception:   # noqa: BLE001 - the open stands; only its extras are lost
+            log.debug("%r: OPEN_READ extras of fd %d failed", self, fd, exc_info=True)
+            return [fd, None, False]
+        deadline = self._register([st.st_ino], seq0) if tracker is not None else None
+        if deadline is None:
+            return [fd, None, False]
+        return Cacheable([fd, _stat_list(st), whole], deadline, [st.st_ino], seq0, data)
 
     def op_close(self, fd: int) -> None:
         fs = self._fs()

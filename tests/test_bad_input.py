@@ -230,3 +230,47 @@ def test_listdir_needs_its_feature_and_keeps_a_handle_only_when_unfinished(
         raw.call(Op.CLOSEDIR, [handle])
         assert raw.request(Op.CLOSEDIR, [handle]).errno == errno.EBADF
         assert raw.call(Op.PING) is None
+
+
+def test_open_read_needs_its_feature_and_only_opens_to_read(
+        proxy_env, bystander, ceph_conf, workdir, direct_fs):
+    import os
+
+    def make(name: str, data: bytes) -> bytes:
+        fd = direct_fs.open(f"{workdir}/{name}", "w", 0o644)
+        direct_fs.write(fd, data, 0)
+        direct_fs.close(fd)
+        return f"{workdir}/{name}".encode()
+
+    small, big = make("small", b"tiny file"), make("big", b"b" * (protocol.OPEN_READ_MAX + 1))
+    with RawClient(proxy_env.socket_path) as raw:             # asked for no feature
+        mount_raw(raw, ceph_conf)
+        assert raw.request(Op.OPEN_READ, [small, os.O_RDONLY, 0, 4096]).errno == errno.EPROTO
+    with RawClient(proxy_env.socket_path, hello=False) as raw:
+        wanted = protocol.Feature.CLIENT_CACHE | protocol.Feature.OPEN_READ
+        raw.hello = raw.call(Op.HELLO, [protocol.MAGIC, protocol.PROTOCOL_VERSION, int(wanted)])
+        mount_raw(raw, ceph_conf)
+        if protocol.Feature(raw.hello["features"]) & wanted != wanted:
+            # A daemon without the client cache grants neither.
+            assert raw.request(Op.OPEN_READ, [small, os.O_RDONLY, 0, 4096]).errno == errno.EPROTO
+            return
+        for flags in (os.O_WRONLY, os.O_RDWR, os.O_RDONLY | os.O_TRUNC, os.O_RDONLY | os.O_CREAT):
+            assert raw.request(Op.OPEN_READ, [small, flags, 0o644, 4096]).errno == errno.EINVAL
+        assert raw.request(Op.OPEN_READ, [small, os.O_RDONLY, 0, -1]).errno == errno.EINVAL
+        assert raw.request(Op.OPEN_READ, [small + b"x", os.O_RDONLY, 0, 9]).errno == errno.ENOENT
+        opened = []
+        for path, flags, readahead, whole, data in (
+                (small, os.O_RDONLY, 4096, True, b"tiny file"),
+                (small, os.O_RDONLY, 9, True, b"tiny file"),
+                (small, os.O_RDONLY, 8, False, b""),                  # larger than asked
+                (big, os.O_RDONLY, 1 << 40, False, b""),              # larger than the cap
+                (workdir.encode(), os.O_RDONLY | os.O_DIRECTORY, 4096, False, b"")):
+            reply = raw.request(Op.OPEN_READ, [path, flags, 0, readahead])
+            assert reply.errno == 0, reply
+            fd, st, got_whole = reply.result
+            assert (got_whole, bytes(reply.data)) == (whole, data), path
+            assert st[1] == direct_fs.stat(path).st_ino and reply.meta is not None
+            opened.append(fd)
+        for fd in opened:
+            raw.call(Op.CLOSE, [fd])
+        assert raw.request(Op.CLOSE, [opened[0]]).errno == errno.EBADF

@@ -20,7 +20,7 @@ import sys
 import pytest
 
 import libcephfs_proxy as proxy
-from helpers import NOBODY, REPO, Daemon, public_dir
+from helpers import NOBODY, REPO, Daemon, public_dir, wait_for
 from libcephfsd.backend import cephfs
 
 TTL = "30"
@@ -331,3 +331,57 @@ def test_one_answer_serves_stat_lstat_and_basic_statx_only_where_equal(clients, 
     with pytest.raises(proxy.ObjectNotFound):
         b.statx(f"{workdir}/nope", proxy.CEPH_STATX_MODE, 0)
     assert (stats.hits, stats.misses) == (before[0] + 1, before[1])
+
+
+def content(fs, path: str) -> bytes:
+    fd = fs.open(path, "r")
+    try:
+        return fs.read(fd, 0, 1 << 16)
+    finally:
+        fs.close(fd)
+
+
+CONTENT_CHANGES = {
+    "write": lambda path: with_fd(path, "r+", lambda fs, fd: fs.write(fd, b"new", 2)),
+    "pwritev": lambda path: with_fd(path, "r+", lambda fs, fd: fs.pwritev(fd, [b"ab", b"cd"], 12)),
+    "truncate": lambda path: lambda fs: fs.truncate(path, 4),
+    "ftruncate": lambda path: with_fd(path, "r+", lambda fs, fd: fs.ftruncate(fd, 30)),
+    "rewrite": lambda path: with_fd(path, "w", lambda fs, fd: fs.write(fd, b"other", 0)),
+}
+
+
+@pytest.mark.parametrize("name, through", [
+    (name, through) for name in CONTENT_CHANGES
+    for through in ("other client", "same client", "another cephfs client")
+    # Not through the daemon, only data writes are signalled (libcephfs's
+    # invalidation callback, its cache holding the data since the open):
+    # a truncation waits for the TTL.
+    if through != "another cephfs client" or name not in ("truncate", "ftruncate")])
+def test_an_open_files_content_and_fstat_follow_changes(name, through, clients, direct_fs,
+                                                         workdir):
+    # OPEN_READ brought the content and fstat with the open: reads through the
+    # fd answered from them must still see every change made meanwhile.
+    a, b = clients
+    path = f"{workdir}/f"
+    make_file(direct_fs, path)
+    fd = b.open(path, "r")
+    try:
+        stats = b._conn.cache.stats
+        hits = stats.hits
+        assert b.read(fd, 0, 100) == b"0123456789" and b.read(fd, 8, 100) == b"89"
+        assert b.fstat(fd).st_size == 10 and stats.hits == hits + 3, "answered from the open"
+        writer = {"other client": a, "same client": b, "another cephfs client": direct_fs}
+        CONTENT_CHANGES[name](path)(writer[through])
+        # The truth: what the writer's own mount reads now (a direct read
+        # right after the daemon's mount wrote waits seconds for its caps).
+        if through == "another cephfs client":
+            expected = content(direct_fs, path)
+            wait_for(lambda: b.read(fd, 0, 100) == expected, timeout=10,
+                     what="the change, through the open fd")
+        else:
+            expected = content(a, path)
+        assert expected != b"0123456789"
+        assert b.read(fd, 0, 100) == expected
+        assert b.fstat(fd).st_size == len(expected)
+    finally:
+        b.close(fd)

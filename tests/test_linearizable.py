@@ -4,7 +4,8 @@ than a change that had already returned.
 
 Every change gives a file a version no other change gives (its size), or
 removes it, or creates it empty.  Reads are stat, lstat, statx, or whether
-the directory's listing holds the name.  Half the files only change size (by path
+the directory's listing holds the name, and fstat or the whole content
+read through a file opened read-only.  Half the files only change size (by path
 and through fds: their names never change inode); the others are also
 removed and created again (by path, atomically).  Each operation is recorded with CLOCK_MONOTONIC times taken
 just before the call and just after it returned (the clock is shared by all
@@ -51,7 +52,7 @@ while time.monotonic() < end:
         hits = fs._conn.cache.stats.hits
         how = rng.random()
         try:
-            if how < 0.2:
+            if how < 0.15:
                 # Whether the directory's listing has the name: -2 for "there".
                 d = fs.opendir(path.rsplit("/", 1)[0])
                 names = []
@@ -59,12 +60,23 @@ while time.monotonic() < end:
                     names.append(e.d_name)
                 fs.closedir(d)
                 value = -2 if path.rsplit("/", 1)[1].encode() in names else -1
-            elif how < 0.5:
+            elif how < 0.4:
                 value = fs.stat(path).st_size
-            elif how < 0.7:
+            elif how < 0.55:
                 value = fs.lstat(path).st_size
-            else:
+            elif how < 0.7:
                 value = fs.statx(path, cephfs.CEPH_STATX_SIZE, 0)["size"]
+            else:
+                # Through an open file: its fstat, or its whole content
+                # (truncation fills with zeros, so the length is the size).
+                fd = fs.open(path, "r")
+                try:
+                    if how < 0.85:
+                        value = fs.fstat(fd).st_size
+                    else:
+                        value = len(fs.read(fd, 0, 1 << 20))
+                finally:
+                    fs.close(fd)
         except cephfs.ObjectNotFound:
             value = -1
         log.append(["read", path, value, t0, time.monotonic(),

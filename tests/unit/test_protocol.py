@@ -195,7 +195,7 @@ def test_protocol_md_feature_and_event_tables_match():
 def test_protocol_md_states_the_limits():
     text = (REPO / "protocol.md").read_text()
     for name in ("MAX_BODY", "DATA_CEILING", "DEFAULT_MAX_DATA", "PATH_MAX", "MAX_XATTR",
-                 "READDIR_MAX_BATCH"):
+                 "READDIR_MAX_BATCH", "OPEN_READ_MAX"):
         value = getattr(protocol, name)
         assert re.search(rf"`{name}`\s*\|\s*{value}\b", text), f"{name} = {value} not in protocol.md"
 
