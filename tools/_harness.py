@@ -6,6 +6,7 @@ on ``sys.path``).  Nothing here is part of the daemon or the client library.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -34,6 +35,28 @@ def evict(ceph_conf: str, instance_id: int) -> None:
     for the MDS to time its session out."""
     subprocess.run(["ceph", "-c", ceph_conf, "tell", "mds.*", "client", "evict",
                     f"id={instance_id}"], check=False, capture_output=True, timeout=60)
+
+
+def settle(ceph_conf: str, timeout: float = 60.0) -> float:
+    """Wait until the MDS has purged what earlier work deleted (its purge
+    queue empty), at most *timeout* seconds; returns the seconds waited.
+
+    Removing a tree leaves the MDS deleting its objects for seconds after
+    the removal returned, on CPUs a measurement that follows needs.
+    """
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        proc = subprocess.run(["ceph", "-c", ceph_conf, "tell", "mds.*", "perf", "dump",
+                               "purge_queue"], capture_output=True, text=True, timeout=60)
+        try:
+            queue = json.loads(proc.stdout)["purge_queue"]
+            busy = queue["pq_executing"] or queue["pq_item_in_journal"]
+        except (ValueError, KeyError, TypeError):
+            break      # not the dev cluster's one MDS, or other counters: do not wait
+        if not busy:
+            break
+        time.sleep(0.5)
+    return time.monotonic() - t0
 
 
 class DaemonDidNotStart(SystemExit):
