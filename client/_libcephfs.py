@@ -759,13 +759,19 @@ class LibCephFS:
         conn = self._conn
         if (conn is not None and conn.cache is not None and not mask & ~C.CEPH_STATX_BASIC_STATS
                 and not flag & ~_STATX_FROM_STAT_FLAGS):
-            # A cached stat/lstat of the same name answers any basic fields.
-            st = conn.lookup((0, self._abs(path), not flag & C.AT_SYMLINK_NOFOLLOW),
-                             count_miss=False)
+            # A stat/lstat of the same name answers any basic fields: cached,
+            # shared by the mount's clients, or asked for (and then cached
+            # for stat, lstat and statx alike).
+            key = (0, self._abs(path), not flag & C.AT_SYMLINK_NOFOLLOW)
+            st = conn.lookup(key)
+            if st is MISS:
+                try:
+                    st = self._fetch_stat(conn, path, key)
+                except ErrorReply as exc:
+                    raise self._error(exc, err) from None
             if type(st) is ErrorReply:
                 raise self._error(st, err)
-            if st is not MISS:
-                return {name: st[i] for bit, name, i in _STATX_FIELDS if mask & bit}
+            return {name: st[i] for bit, name, i in _STATX_FIELDS if mask & bit}
         # A copy: callers may change the dict, the cached one must not.
         return dict(self._cached((1, self._abs(path), mask, flag), Op.STATX,
                                  (path, mask, flag), statx_result, err))

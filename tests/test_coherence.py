@@ -331,6 +331,13 @@ def test_one_answer_serves_stat_lstat_and_basic_statx_only_where_equal(clients, 
     with pytest.raises(proxy.ObjectNotFound):
         b.statx(f"{workdir}/nope", proxy.CEPH_STATX_MODE, 0)
     assert (stats.hits, stats.misses) == (before[0] + 1, before[1])
+    # A basic statx of a name not cached yet is asked as an lstat: its
+    # answer then serves stat and lstat too.
+    g = f"{workdir}/g"
+    make_file(direct_fs, g)
+    assert hits(b.statx, g, proxy.CEPH_STATX_MODE | proxy.CEPH_STATX_INO, 0) == (
+        {"mode": direct_fs.stat(g).st_mode, "ino": direct_fs.stat(g).st_ino}, 0)
+    assert hits(b.stat, g)[1] == 1 and hits(b.lstat, g)[1] == 1
 
 
 def content(fs, path: str) -> bytes:
