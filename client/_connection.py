@@ -222,7 +222,9 @@ class Connection:
             features |= Feature.READ_BUFFERS
         if cache_entries and _shared_wanted():
             features |= Feature.SHARED_CACHE
-        if cache_entries and open_readahead():
+        #: Bytes of content a read-only open asks for (OPEN_READ), read once.
+        self.readahead = open_readahead() if cache_entries else 0
+        if self.readahead:
             features |= Feature.OPEN_READ
         request = protocol.hello_request(1, features, {"cache_entries": cache_entries}
                                          if cache_entries else None)
@@ -373,7 +375,7 @@ class Connection:
         the daemon allows.  Returns the fd; raises ErrorReply as call() does."""
         with self._lock:
             reply, epoch, invalidated = self._exchange_noting(
-                Op.OPEN_READ, (path, flags, mode, open_readahead()))
+                Op.OPEN_READ, (path, flags, mode, self.readahead))
             if reply.errno:
                 raise _error_reply(reply)
             result = reply.result

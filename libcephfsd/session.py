@@ -826,13 +826,21 @@ class Session:
             # (truncated): its inode, from the new fd, costs no MDS lookup,
             # which a name about to be created would.
             opened: list[int] = []
-            opened_ino = lambda: [self._fs().fstat(opened[0]).st_ino] if opened else []  # noqa: E731
+
+            def opened_ino() -> list:
+                if not opened:
+                    return []
+                # Kept for the fd: its writes name the inode without asking.
+                ino = self.files[opened[0]] = self._fs().fstat(opened[0]).st_ino
+                return [ino]
+
             with self._changing(lambda: self._entry_deps(p, with_object=False), opened_ino):
-                opened.append(self._fs().open(p, flags, mode))
-            fd = opened[0]
+                fd = self._fs().open(p, flags, mode)
+                self.files[fd] = None
+                opened.append(fd)
         else:
             fd = self._fs().open(p, flags, mode)
-        self.files[fd] = None
+            self.files[fd] = None
         return fd
 
     def op_open_read(self, path: bytes, flags: int, mode: int, readahead: int) -> Any:
