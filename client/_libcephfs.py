@@ -707,7 +707,10 @@ class LibCephFS:
         conn = self._conn
         if conn is None or conn.cache is None:
             return stat_result(self._call(Op.STAT, (path, follow), err)[0])
-        key = (0, self._abs(path), follow)
+        return self._cached_stat(conn, path, (0, self._abs(path), follow), err)
+
+    def _cached_stat(self, conn: Connection, path: bytes, key: tuple, err: Any) -> Any:
+        """The stat (or lstat) under *key*: cached, or fetched (_fetch_stat)."""
         value = conn.lookup(key)
         if value is MISS:
             try:
@@ -762,15 +765,8 @@ class LibCephFS:
             # A stat/lstat of the same name answers any basic fields: cached,
             # shared by the mount's clients, or asked for (and then cached
             # for stat, lstat and statx alike).
-            key = (0, self._abs(path), not flag & C.AT_SYMLINK_NOFOLLOW)
-            st = conn.lookup(key)
-            if st is MISS:
-                try:
-                    st = self._fetch_stat(conn, path, key)
-                except ErrorReply as exc:
-                    raise self._error(exc, err) from None
-            if type(st) is ErrorReply:
-                raise self._error(st, err)
+            st = self._cached_stat(conn, path,
+                                   (0, self._abs(path), not flag & C.AT_SYMLINK_NOFOLLOW), err)
             return {name: st[i] for bit, name, i in _STATX_FIELDS if mask & bit}
         # A copy: callers may change the dict, the cached one must not.
         return dict(self._cached((1, self._abs(path), mask, flag), Op.STATX,

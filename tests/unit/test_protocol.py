@@ -234,22 +234,26 @@ def test_transport_reports_a_stream_cut_mid_frame():
     tb.close()
 
 
+def _reader(sock: socket.socket, want: int, into: bytearray) -> threading.Thread:
+    """A started thread receiving from *sock* into *into* until *want* bytes came."""
+    def read_all() -> None:
+        while len(into) < want:
+            piece = sock.recv(65536)
+            if not piece:
+                return
+            into.extend(piece)
+
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    return reader
+
+
 def test_send_buffers_survives_partial_sends():
     a, b = socket.socketpair()
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     chunks = [b"a" * 100_000, b"b" * 300_000, b"c" * 7]
-    total = sum(map(len, chunks))
     received = bytearray()
-
-    def read_all() -> None:
-        while len(received) < total:
-            piece = b.recv(65536)
-            if not piece:
-                return
-            received.extend(piece)
-
-    reader = threading.Thread(target=read_all)
-    reader.start()
+    reader = _reader(b, sum(map(len, chunks)), received)
     send_buffers(a, chunks)
     reader.join(10)
     a.close()
@@ -287,18 +291,8 @@ def test_small_frames_wait_for_room_when_the_socket_is_full():
     a, b = socket.socketpair()
     queued = _fill(a)
     frames = [[b"%05d" % i, b"y" * (NOWAIT_SEND_MAX // 2)] for i in range(40)]
-    want = queued + sum(len(p) for f in frames for p in f)
     received = bytearray()
-
-    def read_all() -> None:
-        while len(received) < want:
-            piece = b.recv(65536)
-            if not piece:
-                return
-            received.extend(piece)
-
-    reader = threading.Thread(target=read_all)
-    reader.start()
+    reader = _reader(b, queued + sum(len(p) for f in frames for p in f), received)
     for frame in frames:
         send_buffers(a, frame)
     reader.join(10)
