@@ -385,7 +385,7 @@ class Connection:
             fd, st, whole = result
             if st is not None:
                 try:
-                    entries = [((3, fd), convert_stat(st))]
+                    entries: list[tuple[Hashable, Any]] = [((3, fd), convert_stat(st))]
                 except (TypeError, ValueError, IndexError) as exc:
                     raise ProtocolError(self._break(f"malformed OPEN_READ stat: {exc}")) from exc
                 if whole:
