@@ -60,6 +60,14 @@ def _buffers(text: str) -> int:
     return 0 if text.strip() == "0" else _budget(text)
 
 
+#: --object-cache's default: a shared mount's object cache (libcephfs's is 200 MiB).
+DEFAULT_OBJECT_CACHE = 512 << 20
+
+
+def _object_cache(text: str) -> int | None:
+    return None if text.strip().lower() == "libcephfs" else _parse_size(text, 1 << 20, 1 << 40)
+
+
 def _number(text: str, unit: str) -> float:
     try:
         return float(text)
@@ -130,6 +138,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "together: large reads land in them and reach the application "
                              "without a copy; past it, reads go through the window with one "
                              "copy more. 0 turns them off. Default: 32 x max-io-size")
+    parser.add_argument("--object-cache", metavar="SIZE|libcephfs", type=_object_cache,
+                        default=DEFAULT_OBJECT_CACHE,
+                        help="libcephfs object cache (client_oc_size) of each mount the daemon "
+                             "makes, shared by all the clients on it, unless their "
+                             "configuration sets client_oc_size; client_oc_max_dirty keeps "
+                             "libcephfs's ratio to it. 'libcephfs' keeps libcephfs's own "
+                             "default, sized for one process (200 MiB). Default: %d MiB"
+                             % (DEFAULT_OBJECT_CACHE >> 20))
     parser.add_argument("--spin-us", metavar="MICROSECONDS", type=_spin, default=100.0,
                         help="after answering, poll the client's socket this long for its next "
                              "call before sleeping (default %(default)s; 0: never). Waking a "
@@ -234,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     _tune_malloc()
     fd_limit = _raise_fd_limit()
     # Imported here so that --help works without Ceph installed.
+    from .backend import CephBackend
     from .coherence import Coherence
     from .placement import Placement
     from .server import DaemonRunning, Server
@@ -248,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
                             coherence=coherence, max_inflight=args.max_inflight_bytes,
                             max_read_buffers=args.max_read_buffers,
                             spin_us=args.spin_us, housekeeping=_malloc_trimmer(),
-                            placement=Placement.choose(args.python_cpu))
+                            placement=Placement.choose(args.python_cpu),
+                            backend=CephBackend(object_cache=args.object_cache))
             server.bind()
         except DaemonRunning as exc:
             log.error("not starting: %s", exc)

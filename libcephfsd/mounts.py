@@ -153,11 +153,13 @@ class MountConfig:
         return h.hexdigest()
 
     def initialize(self) -> None:
-        """Impose the daemon's options, resolve keys as the peer, connect (ceph_init)."""
+        """Impose the daemon's options, resolve keys as the peer, size the object
+        cache for sharing, connect (ceph_init)."""
         private_files: list[str] = []
         try:
             sanitize(self.fs, self.peer, self._backend.defaults, self._private_dir,
                      private_files)
+            self._backend.size_object_cache(self.fs)
             self.fs.init()
         finally:
             # libcephfs has read the private key copies during init().

@@ -46,7 +46,7 @@ def test_help_explains_the_options():
                          text=True, check=True, cwd=REPO).stdout
     for option in ("--socket", "--socket-mode", "--log-level", "--max-io-size",
                    "--shutdown-timeout", "--max-inflight-bytes", "--enable-client-cache",
-                   "--cache-ttl", "--python-cpu", "LIBCEPHFSD_SOCKET", "/run/libcephfsd.sock"):
+                   "--cache-ttl", "--python-cpu", "--object-cache", "LIBCEPHFSD_SOCKET", "/run/libcephfsd.sock"):
         assert option in out
 
 
@@ -202,6 +202,25 @@ def test_config_file_content_not_path_decides_sharing(proxy_env, ceph_conf, tmp_
     assert c.conf_get("client_oc_size") == "104857600"
     for fs in (a, b, c):
         fs.shutdown()
+
+
+@pytest.mark.parametrize("args, size, dirty", [
+    ((), 512 << 20, 256 << 20),                          # the daemon's default
+    (("--object-cache", "64M"), 64 << 20, 32 << 20),
+    (("--object-cache", "libcephfs"), 200 << 20, 100 << 20),
+])
+def test_a_shared_mount_gets_the_daemons_object_cache(own_daemon, ceph_conf, args, size, dirty):
+    own_daemon(*args)
+    fs = mount(ceph_conf)
+    assert (fs.conf_get("client_oc_size"), fs.conf_get("client_oc_max_dirty")) == (
+        str(size), str(dirty))
+    # A size the client's configuration chose is the client's, whatever the daemon's.
+    chosen = mount(ceph_conf, client_oc_size="52428800", client_oc_max_dirty="10485760")
+    assert chosen.get_instance_id() != fs.get_instance_id()
+    assert (chosen.conf_get("client_oc_size"), chosen.conf_get("client_oc_max_dirty")) == (
+        "52428800", "10485760")
+    for each in (fs, chosen):
+        each.shutdown()
 
 
 def test_bytes_in_flight_are_capped_with_backpressure(own_daemon, ceph_conf, workdir):
