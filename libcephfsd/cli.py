@@ -143,8 +143,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="libcephfs object cache (client_oc_size) of each mount the daemon "
                              "makes, shared by all the clients on it, unless their "
                              "configuration sets client_oc_size; client_oc_max_dirty keeps "
-                             "libcephfs's ratio to it. 'libcephfs' keeps libcephfs's own "
-                             "default, sized for one process (200 MiB). Default: %d MiB"
+                             "libcephfs's ratio to it. Every mount (one per configuration "
+                             "and user) has its own, filled as data is read and written. "
+                             "'libcephfs' keeps libcephfs's own default, sized for one "
+                             "process (200 MiB). Default: %d MiB"
                              % (DEFAULT_OBJECT_CACHE >> 20))
     parser.add_argument("--spin-us", metavar="MICROSECONDS", type=_spin, default=100.0,
                         help="after answering, poll the client's socket this long for its next "

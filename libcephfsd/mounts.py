@@ -335,7 +335,8 @@ class MountRegistry:
                     lambda parent, ino, name: tracker.invalidate([(parent, name), ino],
                                                                  callback=True))
         mount.ready.set()
-        log.info("mounted %r", mount)
+        log.info("mounted %r (object cache %s MiB)", mount,
+                 int(mount.fs.conf_get("client_oc_size") or 0) >> 20)
         return mount
 
     def release(self, mount: SharedMount) -> None:
