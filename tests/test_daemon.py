@@ -338,3 +338,11 @@ def test_python_cpu_must_be_usable():
     proc = subprocess.run([sys.executable, "-m", "libcephfsd", "--python-cpu", "4096"],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and "not one this process may use" in proc.stderr
+
+
+@pytest.mark.parametrize("value, message", [("0", "must be at least"), ("lots", "not a size"),
+                                            ("2048G", "must be at most")])
+def test_object_cache_must_be_a_size(value, message):
+    proc = subprocess.run([sys.executable, "-m", "libcephfsd", "--object-cache", value],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
