@@ -57,6 +57,12 @@ def test_micro(ceph_conf: str, direct_fs) -> None:
     seq = next(r for r in result["results"] if r["benchmark"] == "seqwrite-16m")
     for cell in seq["variants"].values():
         assert cell["bytes"] == cell["ops"] * (16 << 20)
+        # The dev cluster's one OSD counted the writes (fsynced in every op).
+        writes = cell["cluster"]["osd_write"]
+        assert writes["ops_per_s"] > 0 and writes["mean_ms"] > 0
+    create = next(r for r in result["results"] if r["benchmark"] == "create")
+    for cell in create["variants"].values():
+        assert cell["cluster"]["mds_request"]["ops_per_s"] > 0    # creates and unlinks
 
 
 def test_mix(ceph_conf: str, direct_fs) -> None:

@@ -59,6 +59,49 @@ def settle(ceph_conf: str, timeout: float = 60.0) -> float:
     return time.monotonic() - t0
 
 
+#: Ceph's own latency counters the benchmarks report: (name, daemons, perf section, counter).
+CLUSTER_COUNTERS = (("osd_read", "osd.*", "osd", "op_r_latency"),
+                    ("osd_write", "osd.*", "osd", "op_w_latency"),
+                    ("mds_request", "mds.*", "mds", "reply_latency"))
+
+
+def cluster_counters(ceph_conf: str) -> dict[str, tuple[int, float]] | None:
+    """(operations, seconds in them) so far of each of CLUSTER_COUNTERS, or
+    None when they cannot be read: no ``ceph`` command, no answer, or more
+    than one daemon of a kind (``ceph tell`` then prefixes each answer).
+
+    On a cluster sharing the machine with its clients, what the clients
+    cost the machine shows up here as Ceph's own latency.
+    """
+    sections: dict[tuple[str, str], dict] = {}
+    counters: dict[str, tuple[int, float]] = {}
+    try:
+        for name, daemons, section, counter in CLUSTER_COUNTERS:
+            if (daemons, section) not in sections:
+                proc = subprocess.run(["ceph", "-c", ceph_conf, "tell", daemons, "perf", "dump",
+                                       section], capture_output=True, text=True, timeout=60)
+                sections[daemons, section] = json.loads(proc.stdout)[section]
+            value = sections[daemons, section][counter]
+            counters[name] = (int(value["avgcount"]), float(value["sum"]))
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError):
+        return None
+    return counters
+
+
+def counters_delta(before: dict | None, after: dict | None, seconds: float) -> dict | None:
+    """What the cluster did between two cluster_counters(): per counter,
+    operations per second and their mean latency in milliseconds."""
+    if not before or not after or seconds <= 0:
+        return None
+    delta = {}
+    for name in after:
+        ops = after[name][0] - before[name][0]
+        spent = after[name][1] - before[name][1]
+        delta[name] = {"ops_per_s": round(ops / seconds, 1),
+                       "mean_ms": round(1000 * spent / ops, 2) if ops > 0 else None}
+    return delta
+
+
 class DaemonDidNotStart(SystemExit):
     """The daemon exited or did not listen within 30 s (exits a tool that does
     not catch it, with the message)."""
