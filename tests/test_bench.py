@@ -89,3 +89,19 @@ def test_repeat(ceph_conf: str, direct_fs) -> None:
     ratios = sorted(c / d for c, d in zip(cache["repeats"], direct["repeats"]))
     assert cache["ratio_to_direct"] == pytest.approx(ratios[1], abs=0.002)
     assert cache["ratio_range"] == pytest.approx([ratios[0], ratios[2]], abs=0.002)
+
+
+def test_shared_variant_runs_every_worker_as_a_thread_of_one_mount(ceph_conf: str,
+                                                                    direct_fs) -> None:
+    from libcephfsd.backend import cephfs
+
+    result = run_bench("micro", "--only", "stat,create", "--clients", "3", "--duration", "0.5",
+                       "--variants", "direct,shared")
+    assert result["variants"] == ["direct", "shared"]
+    for row in result["results"]:
+        cell = row["variants"]["shared"]
+        # One result per thread, each of which did work.
+        assert len(cell["per_worker_ops"]) == 3 and min(cell["per_worker_ops"]) > 0
+        assert cell["ratio_to_direct"] > 0 and "cache" not in cell
+    with pytest.raises(cephfs.ObjectNotFound):
+        direct_fs.stat(result["root"])
