@@ -77,7 +77,8 @@ class CephBackend:
         self.defaults = {name: value for name in DAEMON_OWNED
                          if (value := probe.conf_get(name)) is not None}
         #: libcephfs's own object cache size and dirty limit (bytes, as text).
-        self._oc_defaults = (probe.conf_get("client_oc_size"), probe.conf_get("client_oc_max_dirty"))
+        self._oc_defaults = (probe.conf_get("client_oc_size"),
+                             probe.conf_get("client_oc_max_dirty"))
         #: What a shared mount's object cache holds unless its client's
         #: configuration sizes it (None: libcephfs's default).
         self.object_cache = object_cache
@@ -105,6 +106,7 @@ class CephBackend:
         Sixteen processes reading 16 MiB files each through one 200 MiB cache
         evict each other's data and go to the OSDs on every pass (measured:
         0.18 of direct libcephfs; 0.3 with a cache that holds them).
+
         Only where its configuration left libcephfs's default: a size a client
         set (config file, conf_set, argv) is kept.  The dirty limit keeps
         libcephfs's ratio to the size, unless it too was set.
