@@ -16,6 +16,7 @@ import time
 from typing import Callable
 
 from . import __version__
+from .placement import Placement
 from .protocol import DATA_CEILING, DEFAULT_MAX_DATA
 
 DEFAULT_SOCKET = "/run/libcephfsd.sock"
@@ -89,13 +90,11 @@ def _spin(text: str) -> float:
     return value
 
 
-def _python_cpu(text: str) -> str:
-    from .placement import Placement
+def _python_cpu(text: str) -> Placement:
     try:
-        Placement.choose(text)
+        return Placement.choose(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
 
 
 def _positive(text: str) -> int:
@@ -254,7 +253,6 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here so that --help works without Ceph installed.
     from .backend import CephBackend
     from .coherence import Coherence
-    from .placement import Placement
     from .server import DaemonRunning, Server
 
     private_dir = tempfile.mkdtemp(prefix="libcephfsd-")
@@ -267,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                             coherence=coherence, max_inflight=args.max_inflight_bytes,
                             max_read_buffers=args.max_read_buffers,
                             spin_us=args.spin_us, housekeeping=_malloc_trimmer(),
-                            placement=Placement.choose(args.python_cpu),
+                            placement=args.python_cpu,
                             backend=CephBackend(object_cache=args.object_cache))
             server.bind()
         except DaemonRunning as exc:
