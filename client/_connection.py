@@ -24,13 +24,13 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import Any, Callable, Hashable, Iterable
+from typing import Any, Callable, Hashable, Iterable, Mapping
 
 from libcephfsd import protocol
 from libcephfsd import shared as _shared
 from libcephfsd.coherence import CLIENT_STATS_AT, EPOCH, PAGE_SIZE, SENT, dep_from_wire
 from libcephfsd.protocol import Event, EventKind, Feature, Op, Reply, Request, ServerHello
-from libcephfsd.transport import ConnectionClosed, SocketTransport, SpinPoll
+from libcephfsd.transport import ConnectionClosed, SocketTransport, SpinPoll, default_spin_us
 
 from . import _readbuf
 from ._errors import DaemonUnavailable, ProtocolError
@@ -85,13 +85,17 @@ def cache_settings() -> int | None:
     return max(1, entries)
 
 
-def spin_budget_us() -> float:
+def spin_budget_us(environ: Mapping[str, str] = os.environ,
+                   cpus: Iterable[int] | None = None) -> float:
     """How long a call polls for its reply before sleeping: $LIBCEPHFS_PROXY_SPIN_US
-    microseconds (default 100; 0 never).  Only a single-threaded process polls."""
+    microseconds (0: never).  Unset, empty or not a number: 100 for a process
+    that may run on several CPUs (*cpus*, default its affinity), 0 for one
+    pinned to a single CPU, where polling would keep the daemon off the CPU
+    it may share (see default_spin_us).  Only a single-threaded process polls."""
     try:
-        return max(0.0, min(float(os.environ.get("LIBCEPHFS_PROXY_SPIN_US", "100")), 10000.0))
-    except ValueError:
-        return 100.0
+        return max(0.0, min(float(environ["LIBCEPHFS_PROXY_SPIN_US"]), 10000.0))
+    except (KeyError, ValueError):
+        return default_spin_us(cpus)
 
 
 # PyBytes_FromStringAndSize(NULL, n): n bytes to fill before anyone else sees

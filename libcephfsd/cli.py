@@ -18,6 +18,7 @@ from typing import Callable
 from . import __version__
 from .placement import Placement
 from .protocol import DATA_CEILING, DEFAULT_MAX_DATA
+from .transport import SPIN_DEFAULT_US, default_spin_us
 
 DEFAULT_SOCKET = "/run/libcephfsd.sock"
 
@@ -147,12 +148,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "'libcephfs' keeps libcephfs's own default, sized for one "
                              "process (200 MiB). Default: %d MiB"
                              % (DEFAULT_OBJECT_CACHE >> 20))
-    parser.add_argument("--spin-us", metavar="MICROSECONDS", type=_spin, default=100.0,
+    parser.add_argument("--spin-us", metavar="MICROSECONDS", type=_spin, default=None,
                         help="after answering, poll the client's socket this long for its next "
-                             "call before sleeping (default %(default)s; 0: never). Waking a "
-                             "sleeping thread costs tens of microseconds on small VMs; polls "
-                             "that find nothing back off, and only the one busy client's "
-                             "thread polls")
+                             "call before sleeping (0: never). Waking a sleeping thread costs "
+                             "tens of microseconds on small VMs; polls that find nothing back "
+                             "off, and only the one busy client's thread polls. Default: %g "
+                             "when the daemon may run on several CPUs, else 0 (a thread "
+                             "polling on the only CPU keeps its client off it)"
+                             % SPIN_DEFAULT_US)
     parser.add_argument("--python-cpu", metavar="auto|any|N", type=_python_cpu,
                         default="auto",
                         help="CPU for the threads that run the daemon's Python (one per "
@@ -264,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
                             private_dir=private_dir, shutdown_timeout=args.shutdown_timeout,
                             coherence=coherence, max_inflight=args.max_inflight_bytes,
                             max_read_buffers=args.max_read_buffers,
-                            spin_us=args.spin_us, housekeeping=_malloc_trimmer(),
+                            spin_us=(default_spin_us() if args.spin_us is None
+                                     else args.spin_us),
+                            housekeeping=_malloc_trimmer(),
                             placement=args.python_cpu,
                             backend=CephBackend(object_cache=args.object_cache))
             server.bind()

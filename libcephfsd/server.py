@@ -181,7 +181,8 @@ class Server:
         listener.listen(socket.SOMAXCONN)
         listener.setblocking(False)
         self._listener = listener
-        log.info("listening on %s (mode %04o)", path, self.socket_mode)
+        log.info("listening on %s (mode %04o; polling %g us for a next call)", path,
+                 self.socket_mode, self.spin_us)
 
     def serve_forever(self) -> None:
         """Accept connections until :meth:`stop`; then drain and clean up."""

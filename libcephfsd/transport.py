@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any, Callable
 
 from .protocol import HEADER_SIZE, Message, decode_body, encode, parse_header
@@ -23,6 +24,25 @@ from .protocol import HEADER_SIZE, Message, decode_body, encode, parse_header
 #: and every page of it a connection ever used stays resident.  Requests are
 #: tens of bytes; anything larger is read into a buffer of its own size.
 READ_AHEAD = 4 << 10
+
+
+#: How long a receiver polls before sleeping when nothing says otherwise.
+SPIN_DEFAULT_US = 100.0
+
+
+def default_spin_us(cpus: Iterable[int] | None = None) -> float:
+    """SPIN_DEFAULT_US for a process that may run on several CPUs (*cpus*,
+    default its affinity), else 0.
+
+    A thread polling on the only CPU it may use keeps the peer it waits for
+    off that CPU whenever the peer may only run there too (a bench pinned to
+    one CPU; a one-CPU container): each poll then lasts its whole budget, or
+    until the scheduler preempts it.  Measured with the bench on one CPU and
+    the cluster on the other, a client reading 16 MiB files: 0.61 of direct
+    libcephfs polling, 0.81 without.
+    """
+    allowed = os.sched_getaffinity(0) if cpus is None else frozenset(cpus)
+    return SPIN_DEFAULT_US if len(allowed) > 1 else 0.0
 
 
 class SpinPoll:

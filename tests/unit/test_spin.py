@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 
 import pytest
 
 from libcephfsd.protocol import DATA_CEILING, Request, Op
-from libcephfsd.transport import SocketTransport, SpinPoll
+from libcephfs_proxy._connection import spin_budget_us
+from libcephfsd.cli import parse_args
+from libcephfsd.transport import SPIN_DEFAULT_US, SocketTransport, SpinPoll, default_spin_us
 
 
 @pytest.fixture
@@ -104,3 +107,30 @@ def test_stretch_extends_the_budget_for_a_slow_answer(pair):
     timer.start()
     assert spin.poll(b, view) == 4 and spin.hits == 1
     timer.join()
+
+
+def test_default_polls_only_with_a_second_cpu():
+    assert default_spin_us({0}) == 0
+    assert default_spin_us({3}) == 0
+    assert default_spin_us({0, 1}) == SPIN_DEFAULT_US > 0
+    own = os.sched_getaffinity(0)
+    assert default_spin_us() == (SPIN_DEFAULT_US if len(own) > 1 else 0)
+
+
+@pytest.mark.parametrize("environ, cpus, expected", [
+    ({}, {0, 1}, SPIN_DEFAULT_US),
+    ({}, {1}, 0.0),                                     # pinned: never poll by default
+    ({"LIBCEPHFS_PROXY_SPIN_US": ""}, {1}, 0.0),
+    ({"LIBCEPHFS_PROXY_SPIN_US": "junk"}, {0, 1}, SPIN_DEFAULT_US),
+    ({"LIBCEPHFS_PROXY_SPIN_US": "250"}, {1}, 250.0),   # asked for: honoured even pinned
+    ({"LIBCEPHFS_PROXY_SPIN_US": "0"}, {0, 1}, 0.0),
+    ({"LIBCEPHFS_PROXY_SPIN_US": "99999"}, {0, 1}, 10000.0),
+    ({"LIBCEPHFS_PROXY_SPIN_US": "-5"}, {0, 1}, 0.0),
+])
+def test_client_budget(environ, cpus, expected):
+    assert spin_budget_us(environ, cpus) == expected
+
+
+def test_daemon_option_defaults_to_the_cpu_rule():
+    assert parse_args([]).spin_us is None
+    assert parse_args(["--spin-us", "0"]).spin_us == 0
