@@ -7,8 +7,10 @@ arithmetic (every cell has ops, ratios are variant / direct), never speed.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 
 import pytest
 from helpers import REPO
@@ -105,3 +107,68 @@ def test_shared_variant_runs_every_worker_as_a_thread_of_one_mount(ceph_conf: st
         assert cell["ratio_to_direct"] > 0 and "cache" not in cell
     with pytest.raises(cephfs.ObjectNotFound):
         direct_fs.stat(result["root"])
+
+
+def _cluster_affinities(conf: str) -> dict[tuple[int, int], str]:
+    """(pid, tid) -> Cpus_allowed_list of every thread of the cluster's daemons."""
+    sys.path.insert(0, str(REPO / "tools"))
+    import _harness
+
+    out = {}
+    for pid in _harness.ceph_daemons(conf):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    line = next(x for x in f if x.startswith("Cpus_allowed_list:"))
+            except (OSError, StopIteration):
+                continue
+            out[pid, int(tid)] = line.split()[1]
+    return out
+
+
+def test_cluster_cpus_pins_the_cluster_for_the_run_and_puts_it_back(ceph_conf: str) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("pinning needs a machine with two CPUs or more")
+    before = _cluster_affinities(ceph_conf)
+    assert before, "no Ceph daemon of the dev cluster found"
+    proc = subprocess.Popen([sys.executable, str(BENCH), "micro", "--only", "stat",
+                             "--clients", "1", "--duration", "1", "--variants", "direct,daemon",
+                             "--cluster-cpus", str(cpus[0]), "--json"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = set()
+    while proc.poll() is None:
+        seen.update(_cluster_affinities(ceph_conf).values())
+        time.sleep(0.05)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    # During the run, the daemons' threads were on the one CPU asked for.
+    assert str(cpus[0]) in seen
+    result = json.loads(out)
+    assert result["placement"]["cluster_cpus"] == [cpus[0]]
+    assert result["placement"]["client_cpus"] == cpus[1:]
+    assert "ceph-mds" in result["placement"]["cluster_daemons"]
+    # Afterwards every thread that was there is back where it was.
+    after = _cluster_affinities(ceph_conf)
+    assert {k: after[k] for k in before if k in after} == \
+        {k: before[k] for k in before if k in after}
+
+
+@pytest.mark.parametrize("cpus, message", [
+    ("999", "may only use CPUs"),
+    ("x", "a comma-separated list of CPU numbers"),
+])
+def test_cluster_cpus_refuses_what_it_cannot_do(ceph_conf: str, cpus: str, message: str) -> None:
+    before = _cluster_affinities(ceph_conf)
+    proc = subprocess.run([sys.executable, str(BENCH), "micro", "--only", "stat",
+                           "--cluster-cpus", cpus], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert _cluster_affinities(ceph_conf) == before
+
+
+def test_cluster_cpus_leaves_the_clients_a_cpu(ceph_conf: str) -> None:
+    every = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    proc = subprocess.run([sys.executable, str(BENCH), "mix", "--cluster-cpus", every],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "leaves no CPU for the clients" in proc.stderr

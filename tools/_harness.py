@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,6 +101,106 @@ def counters_delta(before: dict | None, after: dict | None, seconds: float) -> d
         delta[name] = {"ops_per_s": round(ops / seconds, 1),
                        "mean_ms": round(1000 * spent / ops, 2) if ops > 0 else None}
     return delta
+
+
+def ceph_daemons(ceph_conf: str) -> dict[int, str]:
+    """The Ceph daemons on this machine started with *ceph_conf*: pid -> program.
+
+    By command line (``ceph-mds ... -c <conf>``), as ``tools/ceph-dev-cluster``
+    starts them: an MDS that respawns gets a new pid.
+    """
+    found = {}
+    conf = os.fsencode(ceph_conf)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        program = argv[0].rsplit(b"/", 1)[-1]
+        if program.startswith(b"ceph-") and conf in argv:
+            found[int(entry)] = program.decode()
+    return found
+
+
+class PlacementError(Exception):
+    """--cluster-cpus cannot be honoured (the message says why)."""
+
+
+class ClusterPinning:
+    """The dev cluster's daemons on *cluster_cpus*, this process on the rest.
+
+    Every thread of every Ceph daemon started with *ceph_conf* gets the
+    affinity *cluster_cpus*; this process gets the CPUs it may use minus
+    those, which everything it starts afterwards (workers, libcephfsd)
+    inherits.  On a real client host the cluster runs on other machines: its
+    CPU is not the clients' to share, and here it would be otherwise.
+    ``undo()`` gives every thread back the affinity it had (a thread or
+    daemon born meanwhile: its process's, or this process's old one).
+    """
+
+    def __init__(self, ceph_conf: str, cluster_cpus: Iterable[int]):
+        self.ceph_conf = ceph_conf
+        self.own = frozenset(os.sched_getaffinity(0))
+        self.cluster = frozenset(cluster_cpus)
+        if not self.cluster:
+            raise PlacementError("--cluster-cpus names no CPU")
+        if not self.cluster <= self.own:
+            raise PlacementError(f"--cluster-cpus {cpu_list(self.cluster)}: this process "
+                                 f"may only use CPUs {cpu_list(self.own)}")
+        self.clients = self.own - self.cluster
+        if not self.clients:
+            raise PlacementError(f"--cluster-cpus {cpu_list(self.cluster)} leaves no CPU for "
+                                 f"the clients (this process may use {cpu_list(self.own)})")
+        daemons = ceph_daemons(ceph_conf)
+        if not daemons:
+            raise PlacementError(f"no Ceph daemon started with {ceph_conf} runs on this "
+                                 "machine: nothing to pin")
+        #: (pid, tid) -> affinity before; pid -> its main thread's.
+        self.saved: dict[tuple[int, int], frozenset[int]] = {}
+        self.process: dict[int, frozenset[int]] = {}
+        self.programs = sorted(set(daemons.values()))
+        # Twice: a thread created during the first pass by a thread not yet
+        # pinned has the old affinity.
+        for _ in range(2):
+            for pid in daemons:
+                for tid in _tasks(pid):
+                    try:
+                        before = frozenset(os.sched_getaffinity(tid))
+                        os.sched_setaffinity(tid, self.cluster)
+                    except OSError:         # the thread ended meanwhile
+                        continue
+                    self.saved.setdefault((pid, tid), before)
+                    if tid == pid:
+                        self.process.setdefault(pid, before)
+        os.sched_setaffinity(0, self.clients)
+
+    def as_json(self) -> dict:
+        return {"cluster_cpus": sorted(self.cluster), "client_cpus": sorted(self.clients),
+                "cluster_daemons": self.programs}
+
+    def undo(self) -> None:
+        os.sched_setaffinity(0, self.own)
+        for pid in ceph_daemons(self.ceph_conf):
+            default = self.process.get(pid, self.own)
+            for tid in _tasks(pid):
+                try:
+                    os.sched_setaffinity(tid, self.saved.get((pid, tid), default))
+                except OSError:
+                    continue
+
+
+def _tasks(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
+def cpu_list(cpus: Iterable[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
 
 
 class DaemonDidNotStart(SystemExit):
