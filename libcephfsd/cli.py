@@ -197,10 +197,20 @@ def _tune_malloc() -> None:
     from a malloc arena (measured).  Arenas keep freed memory, so their number
     is capped: what they keep is bounded by the arenas, not the clients.
     (File data through data windows needs no daemon buffer at all.)
+
+    Setting the mmap threshold stops glibc from moving the trim threshold
+    with it (to twice the threshold), so it stayed at 128 KiB: every buffer
+    freed at the top of an arena went back to the system and the next write
+    faulted its pages in again.  Measured in one process writing 16 MiB in
+    4 MiB calls, libcephfs's copies took 5.6 to 5.9 ms so, against 3.0 to
+    3.6 ms with the threshold at 64 MiB, as glibc's own defaults give.
+    What arenas keep between writes is still returned every couple of
+    seconds (_malloc_trimmer).
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 32 << 20)     # M_MMAP_THRESHOLD: above max_data's default
+        libc.mallopt(-1, 64 << 20)     # M_TRIM_THRESHOLD: as glibc would set it
         libc.mallopt(-8, 4)            # M_ARENA_MAX
     except (OSError, AttributeError):
         log.debug("mallopt unavailable; malloc keeps its defaults")
