@@ -46,7 +46,8 @@ def test_help_explains_the_options():
                          text=True, check=True, cwd=REPO).stdout
     for option in ("--socket", "--socket-mode", "--log-level", "--max-io-size",
                    "--shutdown-timeout", "--max-inflight-bytes", "--enable-client-cache",
-                   "--cache-ttl", "--python-cpu", "--object-cache", "LIBCEPHFSD_SOCKET", "/run/libcephfsd.sock"):
+                   "--cache-ttl", "--python-cpu", "--object-cache", "LIBCEPHFSD_SOCKET",
+                   "/run/libcephfsd.sock"):
         assert option in out
 
 
