@@ -67,6 +67,20 @@ def test_micro(ceph_conf: str, direct_fs) -> None:
         assert cell["cluster"]["mds_request"]["ops_per_s"] > 0    # creates and unlinks
 
 
+def test_seqread_64m_is_opt_in_and_reads_64_mib_per_op(ceph_conf: str, direct_fs) -> None:
+    result = run_bench("micro", "--only", "seqread-64m", "--clients", "1", "--duration", "0.3")
+    check_suite(result, {"seqread-64m"}, [1], direct_fs)
+    (row,) = result["results"]
+    for cell in row["variants"].values():
+        assert cell["bytes"] == cell["ops"] * (64 << 20)
+    # Named in the help, but not in the default set.
+    text = subprocess.run([sys.executable, str(BENCH), "micro", "--help"], capture_output=True,
+                          text=True, check=True).stdout
+    assert "seqread-64m" in text
+    default = text.split("(the default)")[0]
+    assert "seqwrite-16m" in default and "seqread-64m" not in default
+
+
 def test_mix(ceph_conf: str, direct_fs) -> None:
     result = run_bench("mix", "--clients", "2", "--duration", "1")
     check_suite(result, {"mix"}, [2], direct_fs)
