@@ -15,6 +15,9 @@ import time
 import pytest
 from helpers import REPO
 
+sys.path.insert(0, str(REPO / "tools"))
+import _harness  # noqa: E402 - the tools' own module, from their folder
+
 BENCH = REPO / "tools" / "bench"
 VARIANTS = ("direct", "daemon", "cache")
 
@@ -125,9 +128,6 @@ def test_shared_variant_runs_every_worker_as_a_thread_of_one_mount(ceph_conf: st
 
 def _cluster_affinities(conf: str) -> dict[tuple[int, int], str]:
     """(pid, tid) -> Cpus_allowed_list of every thread of the cluster's daemons."""
-    sys.path.insert(0, str(REPO / "tools"))
-    import _harness
-
     out = {}
     for pid in _harness.ceph_daemons(conf):
         for tid in os.listdir(f"/proc/{pid}/task"):

@@ -1,7 +1,8 @@
 """What the measuring tools share: the dev cluster, a daemon process, memory.
 
 Imported by ``tools/bench``, ``tools/loadtest`` and ``tools/ceph-dev-cluster``
-(a script's own folder is on ``sys.path``).  Nothing here is part of the daemon or the client library.
+(a script's own folder is on ``sys.path``).  Nothing here is part of the
+daemon or the client library.
 """
 
 from __future__ import annotations
